@@ -1,0 +1,61 @@
+"""roomcast channel layers: Django Channels' layer API, in memory and over Redis.
+
+``get_channel_layer(alias)`` returns the layer configured by ``CHANNEL_LAYERS`` (see
+:mod:`layers.settings`); the contract and its semantics are in :mod:`layers.base`.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from .base import BaseChannelLayer
+from .exceptions import (
+    ChannelFull,
+    InvalidChannelName,
+    InvalidGroupName,
+    InvalidMessage,
+    LayerConfigError,
+    LayerConnectionError,
+    LayerError,
+    MessageEncodeError,
+    MessageTooLarge,
+)
+from .memory import InMemoryChannelLayer
+
+if TYPE_CHECKING:
+    from .settings import ChannelLayerManager
+
+__all__ = [
+    "BaseChannelLayer",
+    "ChannelFull",
+    "InMemoryChannelLayer",
+    "InvalidChannelName",
+    "InvalidGroupName",
+    "InvalidMessage",
+    "LayerConfigError",
+    "LayerConnectionError",
+    "LayerError",
+    "MessageEncodeError",
+    "MessageTooLarge",
+    "channel_layers",
+    "get_channel_layer",
+]
+
+
+def get_channel_layer(alias: str = "default") -> BaseChannelLayer:
+    """The layer instance configured under ``alias`` (one per alias, made on first use)."""
+    from .settings import get_channel_layer as _get
+
+    return _get(alias)
+
+
+def __getattr__(name: str) -> Any:
+    if name == "channel_layers":
+        from .settings import channel_layers
+
+        return channel_layers
+    raise AttributeError(name)
+
+
+if TYPE_CHECKING:
+    channel_layers: ChannelLayerManager

@@ -1,0 +1,43 @@
+"""The errors a channel layer raises, each at the place the fault is found.
+
+Name and message errors subclass :class:`TypeError`, as Django Channels' do, so code written
+against Channels that catches ``TypeError`` keeps working.
+"""
+
+from __future__ import annotations
+
+
+class LayerError(Exception):
+    """Base class of every error raised by a roomcast channel layer."""
+
+
+class ChannelFull(LayerError):
+    """The channel already holds ``capacity`` undelivered messages."""
+
+
+class InvalidChannelName(LayerError, TypeError):
+    """A channel name breaks Channels' rules (characters or length)."""
+
+
+class InvalidGroupName(LayerError, TypeError):
+    """A group name breaks Channels' rules (characters or length)."""
+
+
+class InvalidMessage(LayerError, TypeError):
+    """A message is not a dict with string keys and a string ``type``."""
+
+
+class MessageEncodeError(InvalidMessage):
+    """A message holds a value that msgpack cannot encode."""
+
+
+class MessageTooLarge(LayerError, ValueError):
+    """An encoded message is larger than the layer's ``max_message_size``."""
+
+
+class LayerConfigError(LayerError, ValueError):
+    """A ``CHANNEL_LAYERS`` entry or a layer option is wrong."""
+
+
+class LayerConnectionError(LayerError, ConnectionError):
+    """The layer could not reach its broker; the operation did not take effect."""

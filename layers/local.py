@@ -1,0 +1,189 @@
+"""Process-local state: channel buffers with waiting receivers, and group membership tables.
+
+The in-memory layer is nothing but these two; the Redis layer uses them for the channels that
+live in its process, so that a message reaching a process (one copy per process) is fanned out
+to that process's members here, without another trip to Redis.
+
+Buffers hold encoded bytes (see :mod:`layers.serializers`) with an expiry time; the clock is
+``time.monotonic`` passed in by the caller, so one reading serves a whole fan-out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import deque
+from collections.abc import Callable, Iterator
+
+from .base import LayerCounters
+
+
+class _Channel:
+    __slots__ = ("buffer", "capacity", "waiters")
+
+    def __init__(self, capacity: int) -> None:
+        self.buffer: deque[tuple[float, bytes]] = deque()
+        self.waiters: deque[asyncio.Future[None]] = deque()
+        self.capacity = capacity
+
+    def drop_expired(self, now: float) -> int:
+        buffer = self.buffer
+        dropped = 0
+        while buffer and buffer[0][0] < now:
+            buffer.popleft()
+            dropped += 1
+        return dropped
+
+    def wake_one(self) -> None:
+        """Wake the first receiver still waiting; it takes the oldest message itself."""
+        while self.waiters:
+            waiter = self.waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+
+
+class LocalChannels:
+    """Bounded FIFO buffers for the channels of one process, with async receivers."""
+
+    def __init__(self, get_capacity: Callable[[str], int], counters: LayerCounters) -> None:
+        self._channels: dict[str, _Channel] = {}
+        self._get_capacity = get_capacity
+        self._counters = counters
+        self._last_sweep = 0.0
+
+    def __len__(self) -> int:
+        return len(self._channels)
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._channels
+
+    def _channel(self, name: str) -> _Channel:
+        channel = self._channels.get(name)
+        if channel is None:
+            channel = self._channels[name] = _Channel(self._get_capacity(name))
+        return channel
+
+    def put(self, name: str, expires: float, payload: bytes, now: float) -> bool:
+        """Buffer one message; False (and nothing buffered) if the channel is full."""
+        channel = self._channel(name)
+        buffer = channel.buffer
+        if len(buffer) >= channel.capacity:
+            self._counters.expired += channel.drop_expired(now)
+            if len(buffer) >= channel.capacity:
+                return False
+        buffer.append((expires, payload))
+        if channel.waiters:
+            channel.wake_one()
+        return True
+
+    def is_full(self, name: str, now: float) -> bool:
+        channel = self._channels.get(name)
+        if channel is None or len(channel.buffer) < channel.capacity:
+            return False
+        self._counters.expired += channel.drop_expired(now)
+        return len(channel.buffer) >= channel.capacity
+
+    async def get(self, name: str, clock: Callable[[], float]) -> bytes:
+        """Wait for and take the oldest unexpired message of ``name``.
+
+        Cancellation is safe: a receiver cancelled after being woken passes the wake-up on, so
+        no message is stranded while another receiver waits.
+        """
+        channel = self._channel(name)
+        try:
+            while True:
+                buffer = channel.buffer
+                if buffer:
+                    now = clock()
+                    while buffer:
+                        expires, payload = buffer.popleft()
+                        if expires >= now:
+                            self._counters.delivered += 1
+                            return payload
+                        self._counters.expired += 1
+                waiter = asyncio.get_running_loop().create_future()
+                channel.waiters.append(waiter)
+                try:
+                    await waiter
+                except asyncio.CancelledError:
+                    if waiter.cancelled():  # never woken: still queued
+                        with contextlib.suppress(ValueError):
+                            channel.waiters.remove(waiter)
+                    elif channel.buffer:  # woken but leaving: pass the wake-up on
+                        channel.wake_one()
+                    raise
+        finally:
+            if not channel.buffer and not channel.waiters and self._channels.get(name) is channel:
+                del self._channels[name]
+
+    def discard(self, name: str) -> None:
+        """Forget a channel's buffered messages (its receivers keep waiting)."""
+        channel = self._channels.get(name)
+        if channel is not None:
+            channel.buffer.clear()
+
+    def sweep(self, now: float, interval: float) -> None:
+        """At most every ``interval`` seconds, free channels that hold only expired messages."""
+        if now - self._last_sweep < interval:
+            return
+        self._last_sweep = now
+        for name, channel in list(self._channels.items()):
+            self._counters.expired += channel.drop_expired(now)
+            if not channel.buffer and not channel.waiters:
+                del self._channels[name]
+
+    def clear(self) -> None:
+        for channel in self._channels.values():
+            channel.buffer.clear()
+
+
+class LocalGroups:
+    """group -> {channel: time of the last group_add}; memberships lapse after ``expiry``."""
+
+    def __init__(self, expiry: float) -> None:
+        self.expiry = expiry
+        self._groups: dict[str, dict[str, float]] = {}
+
+    def __contains__(self, group: str) -> bool:
+        return group in self._groups
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._groups)
+
+    def add(self, group: str, channel: str, now: float) -> bool:
+        """Add or renew; True if ``group`` had no members here before."""
+        members = self._groups.get(group)
+        if members is None:
+            self._groups[group] = {channel: now}
+            return True
+        members[channel] = now
+        return False
+
+    def discard(self, group: str, channel: str) -> bool:
+        """Remove; True if ``group`` has no members here any more."""
+        members = self._groups.get(group)
+        if members is None:
+            return False
+        members.pop(channel, None)
+        if not members:
+            del self._groups[group]
+            return True
+        return False
+
+    def members(self, group: str, now: float) -> list[str]:
+        """The live members of ``group``; lapsed memberships are removed on the way."""
+        members = self._groups.get(group)
+        if not members:
+            return []
+        cutoff = now - self.expiry
+        live = [channel for channel, added in members.items() if added >= cutoff]
+        if len(live) != len(members):
+            for channel in [c for c, added in members.items() if added < cutoff]:
+                del members[channel]
+            if not members:
+                del self._groups[group]
+        return live
+
+    def clear(self) -> None:
+        self._groups.clear()

@@ -1,0 +1,97 @@
+"""The in-memory channel layer: the embedded default, for one process.
+
+Everything lives in this process: bounded per-channel buffers and group tables
+(:mod:`layers.local`). Messages are msgpack-encoded once per ``send``/``group_send`` and decoded
+per delivery, so receivers never share a mutable dict and the layer refuses exactly what the
+Redis layer refuses.
+
+Semantics beyond :mod:`layers.base`: a ``send`` and a ``group_send`` from one sender to one
+channel also keep their order (both are appended to the same buffer at call time). Nothing
+survives the process.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from .base import BaseChannelLayer
+from .exceptions import ChannelFull
+from .local import LocalChannels, LocalGroups
+from .serializers import DEFAULT_MAX_MESSAGE_SIZE, MessageCodec
+
+
+class InMemoryChannelLayer(BaseChannelLayer):
+    """A channel layer inside one process. ``CONFIG`` takes the options of the base class."""
+
+    def __init__(
+        self,
+        *,
+        expiry: float = 60,
+        group_expiry: float = 86400,
+        capacity: int = 100,
+        channel_capacity: Mapping[str | re.Pattern[str], int] | None = None,
+        max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+    ) -> None:
+        super().__init__(
+            expiry=expiry,
+            group_expiry=group_expiry,
+            capacity=capacity,
+            channel_capacity=channel_capacity,
+            max_message_size=max_message_size,
+        )
+        self._codec = MessageCodec(max_message_size=max_message_size)
+        self._channels = LocalChannels(self.get_capacity, self.counters)
+        self._groups = LocalGroups(self.group_expiry)
+
+    async def send(self, channel: str, message: dict[str, Any]) -> None:
+        self.require_valid_channel_name(channel)
+        payload = self._codec.encode(message)
+        now = time.monotonic()
+        self._channels.sweep(now, self.expiry)
+        if not self._channels.put(channel, now + self.expiry, payload, now):
+            raise ChannelFull(f"channel {channel!r} is at capacity {self.get_capacity(channel)}")
+        self.counters.sent += 1
+
+    async def receive(self, channel: str) -> dict[str, Any]:
+        self.require_valid_channel_name(channel, receive=True)
+        payload = await self._channels.get(channel, time.monotonic)
+        return self._codec.decode(payload)
+
+    async def new_channel(self, prefix: str = "specific") -> str:
+        name = f"{prefix}.inmemory!{secrets.token_hex(8)}"
+        self.require_valid_channel_name(name)
+        return name
+
+    async def group_add(self, group: str, channel: str) -> None:
+        self.require_valid_group_name(group)
+        self.require_valid_channel_name(channel)
+        self._groups.add(group, channel, time.monotonic())
+
+    async def group_discard(self, group: str, channel: str) -> None:
+        self.require_valid_group_name(group)
+        self.require_valid_channel_name(channel)
+        self._groups.discard(group, channel)
+
+    async def group_send(self, group: str, message: dict[str, Any]) -> None:
+        self.require_valid_group_name(group)
+        payload = self._codec.encode(message)
+        now = time.monotonic()
+        expires = now + self.expiry
+        put = self._channels.put
+        dropped = 0
+        for channel in self._groups.members(group, now):
+            if not put(channel, expires, payload, now):
+                dropped += 1
+        self.counters.group_sent += 1
+        self.counters.dropped += dropped
+
+    async def flush(self) -> None:
+        self._channels.clear()
+        self._groups.clear()
+
+    async def close(self) -> None:
+        await self.flush()
