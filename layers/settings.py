@@ -43,7 +43,7 @@ import re
 import sys
 import threading
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, cast
 from urllib.parse import parse_qsl, urlsplit
 
 from .base import BaseChannelLayer
@@ -222,6 +222,9 @@ def layer_config_from_url(url: str) -> dict[str, dict[str, Any]]:
 # Building one layer ------------------------------------------------------------------------
 
 
+_LAYER_METHODS = ("send", "receive", "new_channel", "group_add", "group_discard", "group_send")
+
+
 def _import_backend(alias: str, path: Any) -> type[BaseChannelLayer]:
     where = f"CHANNEL_LAYERS[{alias!r}]['BACKEND']"
     if not isinstance(path, str) or not path:
@@ -241,12 +244,16 @@ def _import_backend(alias: str, path: Any) -> type[BaseChannelLayer]:
         raise LayerConfigError(
             f"{where}: cannot import {path!r}: module {module_name!r} has no attribute {name!r}"
         ) from None
-    if not (isinstance(backend, type) and issubclass(backend, BaseChannelLayer)):
+    # Any class with Channels' layer methods will do (channels_redis's included), so that a
+    # project can switch backends by changing one string.
+    if not isinstance(backend, type) or not all(
+        callable(getattr(backend, method, None)) for method in _LAYER_METHODS
+    ):
         raise LayerConfigError(
             f"{where}: {path!r} is not a channel layer class "
-            f"(a subclass of layers.base.BaseChannelLayer)"
+            f"(it needs {', '.join(_LAYER_METHODS)})"
         )
-    return backend
+    return cast("type[BaseChannelLayer]", backend)
 
 
 def _check_options(alias: str, path: str, backend: type, config: Mapping[str, Any]) -> None:
@@ -282,7 +289,7 @@ def build_layer(alias: str, entry: Mapping[str, Any]) -> BaseChannelLayer:
 
     ``alias`` is used only in error messages. The entry is checked before anything is built:
     its keys (``BACKEND``, ``CONFIG``, and Channels' ``TEST_CONFIG``, which is ignored), that
-    ``BACKEND`` imports and is a :class:`BaseChannelLayer` subclass, and that every ``CONFIG``
+    ``BACKEND`` imports and is a layer class (Channels' layer methods), and that every ``CONFIG``
     key is a keyword its constructor takes. A :class:`LayerConfigError` raised by the
     constructor (a bad option value) is re-raised with the alias in front.
     """

@@ -627,3 +627,9 @@ def test_url_config_builds_memory_layer() -> None:
     layer = build_layer("default", entry)
     assert isinstance(layer, InMemoryChannelLayer)
     assert layer.capacity == 8
+
+
+def test_backend_from_another_package_is_accepted() -> None:
+    """A Channels-compatible layer that is not ours (Channels' own) can be the BACKEND."""
+    layer = build_layer("other", {"BACKEND": "channels.layers.InMemoryChannelLayer"})
+    assert type(layer).__module__ == "channels.layers"
