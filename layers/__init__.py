@@ -19,6 +19,7 @@ from .exceptions import (
     LayerError,
     MessageEncodeError,
     MessageTooLarge,
+    UndecodableMessage,
 )
 from .memory import InMemoryChannelLayer
 
@@ -37,6 +38,7 @@ __all__ = [
     "LayerError",
     "MessageEncodeError",
     "MessageTooLarge",
+    "UndecodableMessage",
     "channel_layers",
     "get_channel_layer",
 ]

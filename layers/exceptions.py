@@ -35,6 +35,10 @@ class MessageTooLarge(LayerError, ValueError):
     """An encoded message is larger than the layer's ``max_message_size``."""
 
 
+class UndecodableMessage(LayerError, ValueError):
+    """Bytes that arrived are not a message this layer can read (wrong key, corrupt)."""
+
+
 class LayerConfigError(LayerError, ValueError):
     """A ``CHANNEL_LAYERS`` entry or a layer option is wrong."""
 

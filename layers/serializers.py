@@ -15,7 +15,13 @@ from typing import Any, Protocol
 
 import msgpack
 
-from .exceptions import InvalidMessage, LayerConfigError, MessageEncodeError, MessageTooLarge
+from .exceptions import (
+    InvalidMessage,
+    LayerConfigError,
+    MessageEncodeError,
+    MessageTooLarge,
+    UndecodableMessage,
+)
 
 DEFAULT_MAX_MESSAGE_SIZE = 1024 * 1024
 
@@ -95,8 +101,13 @@ class MessageCodec:
         return data
 
     def decode(self, data: bytes) -> dict[str, Any]:
-        """Decode bytes made by :meth:`encode`."""
-        message: dict[str, Any] = msgpack.unpackb(data, raw=False, strict_map_key=False)
+        """Decode bytes made by :meth:`encode`; raises :class:`UndecodableMessage` otherwise."""
+        try:
+            message = msgpack.unpackb(data, raw=False, strict_map_key=False)
+        except (ValueError, TypeError, msgpack.UnpackException) as exc:
+            raise UndecodableMessage(f"not a msgpack message ({exc!r})") from exc
+        if not isinstance(message, dict):
+            raise UndecodableMessage(f"not a message dict: {type(message).__name__}")
         return message
 
     def seal(self, data: bytes) -> bytes:

@@ -250,8 +250,7 @@ def _import_backend(alias: str, path: Any) -> type[BaseChannelLayer]:
         callable(getattr(backend, method, None)) for method in _LAYER_METHODS
     ):
         raise LayerConfigError(
-            f"{where}: {path!r} is not a channel layer class "
-            f"(it needs {', '.join(_LAYER_METHODS)})"
+            f"{where}: {path!r} is not a channel layer class (it needs {', '.join(_LAYER_METHODS)})"
         )
     return cast("type[BaseChannelLayer]", backend)
 

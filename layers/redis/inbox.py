@@ -16,7 +16,7 @@ from typing import cast
 from redis.asyncio import Redis
 
 from .hosts import HostSpec
-from .reconnect import CONNECTION_ERRORS, Backoff, logger
+from .reconnect import CONNECTION_ERRORS, Backoff, cancel_and_wait, logger
 
 BATCH = 512
 BLOCK_SECONDS = 2
@@ -44,9 +44,7 @@ class InboxReader:
     async def stop(self) -> None:
         task, self._task = self._task, None
         if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await cancel_and_wait(task)
         client, self._client = self._client, None
         if client is not None:
             with contextlib.suppress(*CONNECTION_ERRORS):

@@ -44,8 +44,9 @@ Redis restarts (no persistence)           inbox and plain-channel entries not ye
 ``group_add`` of another process's        takes effect when that process reads its inbox
 channel                                   (normally well under a millisecond); group messages
                                           published before that miss the new member
-cancelling ``receive()`` on a plain       the entry being popped at that instant may be lost
-channel
+cancelling ``receive()`` on a plain       nothing lost: an entry already popped is pushed
+channel                                   back to the head of the list for the next receiver
+a process dies                            what it had popped and not yet handed over is lost
 ========================================  ===================================================
 
 Order: messages from one sender to one channel arrive in the order sent when the sender awaits
@@ -62,7 +63,6 @@ layer's readers.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import re
 import secrets
 import time
@@ -72,13 +72,19 @@ from typing import Any, TypeVar, cast
 from redis.asyncio import Redis
 
 from ..base import BaseChannelLayer
-from ..exceptions import ChannelFull, InvalidChannelName, LayerConfigError, LayerConnectionError
+from ..exceptions import (
+    ChannelFull,
+    InvalidChannelName,
+    LayerConfigError,
+    LayerConnectionError,
+    UndecodableMessage,
+)
 from ..local import LocalChannels, LocalGroups
 from ..serializers import DEFAULT_MAX_MESSAGE_SIZE, MessageCodec
 from . import scripts, wire
 from .hosts import HostSpec, parse_hosts
 from .inbox import InboxReader
-from .reconnect import LOST_CONNECTION, Backoff, logger
+from .reconnect import LOST_CONNECTION, Backoff, cancel_and_wait, logger
 from .sharding import shard_for
 from .subscriber import GroupSubscriber
 
@@ -194,7 +200,7 @@ class RedisChannelLayer(BaseChannelLayer):
 
         return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(call(), home))
 
-    def _spawn(self, work: Awaitable[None]) -> None:
+    def _spawn(self, work: Awaitable[object]) -> None:
         async def guarded() -> None:
             try:
                 await work
@@ -363,9 +369,21 @@ class RedisChannelLayer(BaseChannelLayer):
                     f"channel {channel!r} belongs to another process; a process receives only "
                     f"the channels its own new_channel() made"
                 )
-            payload = await self._on_home(lambda: self._local.get(channel, time.monotonic))
-            return self._codec.decode(payload)
+            while True:
+                payload = await self._on_home(lambda: self._local.get(channel, time.monotonic))
+                message = self._decode(payload)
+                if message is not None:
+                    return message
         return await self._receive_plain(channel)
+
+    def _decode(self, payload: bytes) -> dict[str, Any] | None:
+        """The message, or None (logged, counted in ``rejected``) for bytes we cannot read."""
+        try:
+            return self._codec.decode(payload)
+        except UndecodableMessage as exc:
+            self.counters.rejected += 1
+            logger.warning("discarded an undecodable message: %s", exc)
+            return None
 
     async def _receive_plain(self, channel: str) -> dict[str, Any]:
         """Wait on a plain channel's list; a Redis outage is waited out, not raised."""
@@ -373,10 +391,7 @@ class RedisChannelLayer(BaseChannelLayer):
         backoff = Backoff(f"receive({channel!r})")
         while True:
             try:
-                popped = cast(
-                    "tuple[bytes, bytes] | None",
-                    await self._client(shard).blpop([key], timeout=2),
-                )
+                popped = await self._pop(shard, key)
             except LOST_CONNECTION as exc:
                 await backoff.failed(exc)
                 continue
@@ -388,10 +403,30 @@ class RedisChannelLayer(BaseChannelLayer):
                 self.counters.expired += 1
                 continue
             payload = self._unseal(entry.payload)
-            if payload is None:
-                continue
-            self.counters.delivered += 1
-            return self._codec.decode(payload)
+            message = None if payload is None else self._decode(payload)
+            if message is not None:
+                self.counters.delivered += 1
+                return message
+
+    async def _pop(self, shard: int, key: str) -> tuple[bytes, bytes] | None:
+        """BLPOP that loses nothing when its caller is cancelled.
+
+        Redis may already have handed us the entry when the cancellation arrives; the pop is
+        then left to finish and its entry pushed back to the head of the list, so the next
+        receiver gets it, still first in line.
+        """
+        client = self._client(shard)
+        pop = asyncio.ensure_future(client.blpop([key], timeout=2))
+        try:
+            return cast("tuple[bytes, bytes] | None", await asyncio.shield(pop))
+        except asyncio.CancelledError:
+
+            def give_back(done: asyncio.Future[Any]) -> None:
+                if not done.cancelled() and done.exception() is None and done.result():
+                    self._spawn(client.lpush(key, done.result()[1]))
+
+            pop.add_done_callback(give_back)
+            raise
 
     async def group_add(self, group: str, channel: str) -> None:
         self.require_valid_group_name(group)
@@ -504,9 +539,7 @@ class RedisChannelLayer(BaseChannelLayer):
             await subscriber.stop()
         self._subscribers.clear()
         for task in list(self._background):
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await cancel_and_wait(task)
         self._home = None
         loop = asyncio.get_running_loop()
         for client in self._clients.pop(loop, []):

@@ -20,6 +20,20 @@ LOST_CONNECTION = (RedisConnectionError, RedisTimeoutError, OSError, asyncio.Tim
 CONNECTION_ERRORS = (RedisError, OSError, asyncio.TimeoutError, EOFError)
 
 
+async def cancel_and_wait(task: asyncio.Task[None]) -> None:
+    """Cancel ``task`` until it is done.
+
+    One ``cancel()`` is not enough on Python 3.11: redis-py wraps socket writes in
+    ``asyncio.wait_for``, which swallows a cancellation that lands as the write completes, and
+    the task would read on. A cancellation of our caller still propagates.
+    """
+    while not task.done():
+        task.cancel()
+        await asyncio.wait([task], timeout=0.1)
+    if not task.cancelled() and task.exception() is not None:
+        logger.warning("%s ended with %r", task.get_name(), task.exception())
+
+
 class Backoff:
     """Exponential backoff with full jitter; logs the first failure and the recovery once."""
 

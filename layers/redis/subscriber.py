@@ -19,7 +19,7 @@ from typing import Any
 from redis.asyncio.connection import AbstractConnection
 
 from .hosts import HostSpec
-from .reconnect import CONNECTION_ERRORS, Backoff, logger
+from .reconnect import CONNECTION_ERRORS, Backoff, cancel_and_wait, logger
 
 IDLE_PING_AFTER = 5.0  # seconds without traffic before we check that the connection lives
 DEAD_AFTER = 15.0  # seconds without any reply (not even to our PING) before we rebuild it
@@ -52,9 +52,7 @@ class GroupSubscriber:
     async def stop(self) -> None:
         task, self._task = self._task, None
         if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await cancel_and_wait(task)
         await self._drop_connection()
         for event in self._confirmed.values():
             event.set()
