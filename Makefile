@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test lint clean
+.PHONY: run test clean redis-server
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -15,12 +15,19 @@ run: $(BIN)/python
 	$(BIN)/python -m examples.demo
 
 # Installs what the tests need, then runs lint, types and the whole suite.
-test: $(BIN)/python
+test: $(BIN)/python redis-server
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	$(BIN)/ruff check gateway layers consumers tests examples
 	$(BIN)/ruff format --check gateway layers consumers tests examples
 	$(BIN)/mypy
 	$(BIN)/python -m pytest -q
+
+# The tests start their own redis-server processes; install the binary if it is missing.
+redis-server:
+	@command -v redis-server >/dev/null || { \
+	  echo "redis-server not found: installing it with apt-get"; \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq redis-server; }
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -118,3 +118,21 @@ async def test_peer_leaving_stops_delivery(peer: Peer, layer: RedisChannelLayer)
     assert counters["dropped"] == 0
     assert await peer.proc.wait() == 0
     assert theirs not in await layer.group_members("room")
+
+
+async def test_membership_records_lapse(redis_server: RedisServer, redis_prefix: str) -> None:
+    """Redis's record of a membership expires with group_expiry, as the local one does."""
+    layer = RedisChannelLayer(hosts=[redis_server.url], prefix=redis_prefix, group_expiry=0.3)
+    try:
+        await layer.group_add("short", "worker.jobs")
+        assert await layer.group_members("short") == ["worker.jobs"]
+        await asyncio.sleep(0.5)
+        assert await layer.group_members("short") == []
+        await layer.group_send("short", {"type": "late"})  # the lapsed member gets nothing
+        await layer.send("worker.jobs", {"type": "marker"})
+        assert (await asyncio.wait_for(layer.receive("worker.jobs"), 5))["type"] == "marker"
+        ttl = int(redis_server.command("PTTL", f"{redis_prefix}:g{{short}}")[1:-2])
+        assert ttl <= 301  # the record's key goes away too
+    finally:
+        await layer.flush()
+        await layer.close()
