@@ -88,34 +88,35 @@ class LocalChannels:
         """Wait for and take the oldest unexpired message of ``name``.
 
         Cancellation is safe: a receiver cancelled after being woken passes the wake-up on, so
-        no message is stranded while another receiver waits.
+        no message is stranded while another receiver waits. A channel whose last receiver
+        leaves that way is forgotten at once; one that is merely idle goes at the next sweep
+        (a consumer calls receive again and again: keeping its channel saves remaking it).
         """
         channel = self._channel(name)
-        try:
-            while True:
-                buffer = channel.buffer
-                if buffer:
-                    now = clock()
-                    while buffer:
-                        expires, payload = buffer.popleft()
-                        if expires >= now:
-                            self._counters.delivered += 1
-                            return payload
-                        self._counters.expired += 1
-                waiter = asyncio.get_running_loop().create_future()
-                channel.waiters.append(waiter)
-                try:
-                    await waiter
-                except asyncio.CancelledError:
-                    if waiter.cancelled():  # never woken: still queued
-                        with contextlib.suppress(ValueError):
-                            channel.waiters.remove(waiter)
-                    elif channel.buffer:  # woken but leaving: pass the wake-up on
-                        channel.wake_one()
-                    raise
-        finally:
-            if not channel.buffer and not channel.waiters and self._channels.get(name) is channel:
-                del self._channels[name]
+        while True:
+            buffer = channel.buffer
+            if buffer:
+                now = clock()
+                while buffer:
+                    expires, payload = buffer.popleft()
+                    if expires >= now:
+                        self._counters.delivered += 1
+                        return payload
+                    self._counters.expired += 1
+            waiter = asyncio.get_running_loop().create_future()
+            channel.waiters.append(waiter)
+            try:
+                await waiter
+            except asyncio.CancelledError:
+                if waiter.cancelled():  # never woken: still queued
+                    with contextlib.suppress(ValueError):
+                        channel.waiters.remove(waiter)
+                elif channel.buffer:  # woken but leaving: pass the wake-up on
+                    channel.wake_one()
+                idle = not channel.buffer and not channel.waiters
+                if idle and self._channels.get(name) is channel:
+                    del self._channels[name]
+                raise
 
     def discard(self, name: str) -> None:
         """Forget a channel's buffered messages (its receivers keep waiting)."""

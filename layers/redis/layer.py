@@ -131,6 +131,7 @@ class RedisChannelLayer(BaseChannelLayer):
         )
         self.process_id = secrets.token_hex(wire.PROCESS_ID_LENGTH // 2)
         self._process_id_bytes = self.process_id.encode()
+        self._local_marker = f".{self.process_id}!"
         self._expiry_ms = int(self.expiry * 1000) + 1
         self._group_expiry_ms = int(self.group_expiry * 1000) + 1
         self._local = LocalChannels(self.get_capacity, self.counters)
@@ -167,8 +168,12 @@ class RedisChannelLayer(BaseChannelLayer):
             ) from exc
 
     def is_local(self, channel: str) -> bool:
-        """True for the channels this instance's ``new_channel()`` made."""
-        return "!" in channel and wire.process_of(channel) == self.process_id
+        """True for the channels this instance's ``new_channel()`` made.
+
+        Valid names hold at most one ``!``, so ``.<process id>!`` inside the name means the
+        head ends with our id.
+        """
+        return self._local_marker in channel
 
     def _home_loop(self) -> asyncio.AbstractEventLoop:
         """The loop that runs this process's readers; started on first need."""
@@ -189,8 +194,12 @@ class RedisChannelLayer(BaseChannelLayer):
                 self._spawn(self._subscriber(self._shard(self._group_of(channel))).add(channel))
         return home
 
+    def _at_home(self) -> bool:
+        """True when the running loop is the one that runs this layer's readers."""
+        return self._home is asyncio.get_running_loop()
+
     async def _on_home(self, work: Callable[[], Awaitable[T]]) -> T:
-        """Run ``work`` on the home loop (directly when we are on it)."""
+        """Run ``work`` on the home loop, from another loop (``async_to_sync`` in a thread)."""
         home = self._home_loop()
         if asyncio.get_running_loop() is home:
             return await work()
@@ -340,7 +349,11 @@ class RedisChannelLayer(BaseChannelLayer):
             async def put() -> bool:
                 return self._put_local(channel, expires, payload)
 
-            if not await self._on_home(put):
+            if self._at_home():
+                accepted = self._put_local(channel, expires, payload)
+            else:
+                accepted = await self._on_home(put)
+            if not accepted:
                 raise ChannelFull(
                     f"channel {channel!r} is at capacity {self.get_capacity(channel)}"
                 )
@@ -370,7 +383,10 @@ class RedisChannelLayer(BaseChannelLayer):
                     f"the channels its own new_channel() made"
                 )
             while True:
-                payload = await self._on_home(lambda: self._local.get(channel, time.monotonic))
+                if self._at_home():
+                    payload = await self._local.get(channel, time.monotonic)
+                else:
+                    payload = await self._on_home(lambda: self._local.get(channel, time.monotonic))
                 message = self._decode(payload)
                 if message is not None:
                     return message
@@ -478,7 +494,10 @@ class RedisChannelLayer(BaseChannelLayer):
             async def fan_out() -> None:
                 self._fan_out(group, expires, payload)
 
-            await self._on_home(fan_out)
+            if self._at_home():
+                self._fan_out(group, expires, payload)
+            else:
+                await self._on_home(fan_out)
         if external:
             await self._push_external([member.decode() for member in external], sealed, now)
 
