@@ -26,10 +26,13 @@ def free_port() -> int:
 class RedisServer:
     """One redis-server process without persistence, on 127.0.0.1:``port``."""
 
-    def __init__(self, port: int | None = None) -> None:
+    def __init__(self, port: int | None = None, *, extra_args: tuple[str, ...] = ()) -> None:
         self.port = port or free_port()
         self.dir = Path(tempfile.mkdtemp(prefix="roomcast-redis-"))
+        self.extra_args = extra_args
         self.proc: subprocess.Popen[bytes] | None = None
+
+    persistence_args: tuple[str, ...] = ("--save", "", "--appendonly", "no")
 
     @property
     def url(self) -> str:
@@ -39,18 +42,10 @@ class RedisServer:
         self.proc = subprocess.Popen(
             [
                 REDIS_SERVER,
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                str(self.dir),
-                "--logfile",
-                str(self.dir / "redis.log"),
+                *self.extra_args,
+                *("--port", str(self.port), "--bind", "127.0.0.1"),
+                *("--dir", str(self.dir), "--logfile", str(self.dir / "redis.log")),
+                *self.persistence_args,
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -107,3 +102,18 @@ class RedisServer:
     def cleanup(self) -> None:
         self.stop()
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class SentinelServer(RedisServer):
+    """A Sentinel watching ``master`` under the name ``name`` (quorum 1)."""
+
+    persistence_args = ()
+
+    def __init__(self, master: RedisServer, name: str = "mymaster") -> None:
+        super().__init__()
+        config = self.dir / "sentinel.conf"
+        config.write_text(
+            f"sentinel monitor {name} 127.0.0.1 {master.port} 1\n"
+            f"sentinel down-after-milliseconds {name} 1000\n"
+        )
+        self.extra_args = (str(config), "--sentinel")

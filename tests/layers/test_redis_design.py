@@ -1,0 +1,89 @@
+"""The design's promises, checked against Redis's own accounting and across event loops."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+
+from asgiref.sync import async_to_sync
+
+from layers import ChannelFull
+from layers.redis import RedisChannelLayer
+from tests.redis_server import RedisServer
+
+
+def stat(server: RedisServer, section: str, pattern: str) -> int:
+    match = re.search(pattern.encode(), server.command("INFO", section))
+    return int(match.group(1)) if match else 0
+
+
+async def test_group_send_costs_the_same_whatever_the_group_size(
+    own_redis_server: RedisServer,
+) -> None:
+    """One EVALSHA per group_send, and the same bytes in and out, for 2, 100 or 1000 members.
+
+    Members are spread over two layer instances (two processes, as Redis sees them): Redis
+    sends one copy to each, never one per member, and never receives the member list.
+    """
+    server = own_redis_server
+    a = RedisChannelLayer(hosts=[server.url], prefix="cost", capacity=10_000)
+    b = RedisChannelLayer(hosts=[server.url], prefix="cost", capacity=10_000)
+    sends = 50
+    per_send: dict[int, tuple[float, float, float]] = {}
+    try:
+        for size in (2, 100, 1000):
+            group = f"g{size}"
+            for n in range(size):
+                layer = a if n % 2 else b
+                await layer.group_add(group, await layer.new_channel())
+            calls = stat(server, "commandstats", r"cmdstat_evalsha:calls=(\d+)")
+            bytes_in = stat(server, "stats", r"total_net_input_bytes:(\d+)")
+            bytes_out = stat(server, "stats", r"total_net_output_bytes:(\d+)")
+            for _ in range(sends):
+                await a.group_send(group, {"type": "m", "text": "x" * 100})
+            await asyncio.sleep(0.2)  # b reads its copies
+            per_send[size] = (
+                (stat(server, "commandstats", r"cmdstat_evalsha:calls=(\d+)") - calls) / sends,
+                (stat(server, "stats", r"total_net_input_bytes:(\d+)") - bytes_in) / sends,
+                (stat(server, "stats", r"total_net_output_bytes:(\d+)") - bytes_out) / sends,
+            )
+            assert b.counters.dropped == 0
+    finally:
+        await a.close()
+        await b.close()
+    calls, bytes_in, bytes_out = per_send[2]
+    assert calls == 1
+    for size in (100, 1000):
+        assert per_send[size][0] == 1
+        # Background readers add a little traffic of their own (a BLPOP every 2 s).
+        assert abs(per_send[size][1] - bytes_in) < 0.1 * bytes_in, per_send
+        assert abs(per_send[size][2] - bytes_out) < 0.1 * bytes_out, per_send
+    # One copy for each of the two processes plus the reply: far below one byte per
+    # member at size 1000.
+    assert per_send[1000][2] < 1000
+
+
+async def test_calls_from_another_thread_and_loop(
+    redis_server: RedisServer, redis_prefix: str
+) -> None:
+    """async_to_sync from a thread (a Django view, say) reaches this loop's local channels."""
+    layer = RedisChannelLayer(hosts=[redis_server.url], prefix=redis_prefix, capacity=2)
+    try:
+        channel = await layer.new_channel()
+        await layer.group_add("room", channel)
+
+        def from_a_thread() -> None:
+            async_to_sync(layer.group_send)("room", {"type": "from.thread.group"})
+            async_to_sync(layer.send)(channel, {"type": "from.thread.direct"})
+            try:
+                async_to_sync(layer.send)(channel, {"type": "one.too.many"})
+            except ChannelFull:
+                return
+            raise AssertionError("ChannelFull was not raised across loops")
+
+        await asyncio.to_thread(from_a_thread)
+        got = [await asyncio.wait_for(layer.receive(channel), 5) for _ in range(2)]
+        assert [m["type"] for m in got] == ["from.thread.group", "from.thread.direct"]
+    finally:
+        await layer.flush()
+        await layer.close()
