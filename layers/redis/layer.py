@@ -63,10 +63,11 @@ layer's readers.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import secrets
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from typing import Any, TypeVar, cast
 
 from redis.asyncio import Redis
@@ -160,11 +161,17 @@ class RedisChannelLayer(BaseChannelLayer):
     async def _run(
         self, script: scripts.Script, shard: int, keys: list[str], args: list[Any]
     ) -> Any:
-        try:
+        with self._reaching(shard):
             return await script(self._client(shard), keys, args)
+
+    @contextlib.contextmanager
+    def _reaching(self, shard: int) -> Iterator[None]:
+        """Turn redis-py's connection failures into :class:`LayerConnectionError`."""
+        try:
+            yield
         except LOST_CONNECTION as exc:
             raise LayerConnectionError(
-                f"Redis at {self.hosts[shard].description} is unreachable: {exc}"
+                f"cannot use Redis at {self.hosts[shard].description}: {exc}"
             ) from exc
 
     def is_local(self, channel: str) -> bool:
@@ -521,19 +528,19 @@ class RedisChannelLayer(BaseChannelLayer):
         """The channels whose membership of ``group`` has not lapsed, from Redis's record."""
         self.require_valid_group_name(group)
         cutoff = time.time() - self.group_expiry
-        client = self._client(self._shard(group))
-        try:
+        shard = self._shard(group)
+        with self._reaching(shard):
             key = wire.group_key(self.prefix, group)
-            members = cast("list[bytes]", await client.zrangebyscore(key, f"({cutoff}", "+inf"))
-        except LOST_CONNECTION as exc:
-            raise LayerConnectionError(f"Redis is unreachable: {exc}") from exc
+            members = cast(
+                "list[bytes]", await self._client(shard).zrangebyscore(key, f"({cutoff}", "+inf")
+            )
         return [member.decode() for member in members]
 
     async def flush(self) -> None:
         """Delete every key under this layer's prefix on every shard, and all local state."""
         for shard in range(len(self.hosts)):
             client = self._client(shard)
-            try:
+            with self._reaching(shard):
                 batch: list[bytes] = []
                 async for key in client.scan_iter(match=f"{self.prefix}:*", count=1000):
                     batch.append(key)
@@ -542,8 +549,6 @@ class RedisChannelLayer(BaseChannelLayer):
                         batch.clear()
                 if batch:
                     await client.unlink(*batch)
-            except LOST_CONNECTION as exc:
-                raise LayerConnectionError(f"Redis is unreachable: {exc}") from exc
         self._local.clear()
         for group in list(self._groups):
             self._unsubscribe(group)

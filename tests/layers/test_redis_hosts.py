@@ -3,14 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import datetime
+import ipaddress
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
-from layers import LayerConfigError
+from layers import LayerConfigError, LayerConnectionError
 from layers.redis import RedisChannelLayer
-from tests.redis_server import RedisServer, SentinelServer
+from tests.redis_server import RedisServer, SentinelServer, free_port
 
 
 async def round_trip(hosts: list[Any]) -> None:
@@ -88,3 +95,66 @@ def test_bad_hosts_are_refused_at_construction(hosts: Any, fragment: str) -> Non
 def test_bad_prefix_is_refused() -> None:
     with pytest.raises(LayerConfigError, match="prefix"):
         RedisChannelLayer(prefix="has{brace}")
+
+
+def _self_signed(directory: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 and its key, made here (no files shipped)."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "roomcast test")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = directory / "cert.pem", directory / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return cert_path, key_path
+
+
+async def test_rediss_tls_url() -> None:
+    server = RedisServer()
+    cert, key = _self_signed(server.dir)
+    tls_port = free_port()
+    server.extra_args = (
+        *("--tls-port", str(tls_port), "--tls-cert-file", str(cert)),
+        *("--tls-key-file", str(key), "--tls-ca-cert-file", str(cert)),
+        *("--tls-auth-clients", "no"),
+    )
+    server.start()
+    try:
+        # Only a TLS client gets through the TLS port; the certificate is verified.
+        await round_trip([f"rediss://127.0.0.1:{tls_port}/0?ssl_ca_certs={cert}"])
+        with pytest.raises(LayerConnectionError):
+            await round_trip([f"redis://127.0.0.1:{tls_port}/0?socket_timeout=1"])
+    finally:
+        server.cleanup()
+
+
+async def test_password_in_url() -> None:
+    server = RedisServer()
+    server.extra_args = ("--requirepass", "s3cret")
+    server.start()
+    try:
+        await round_trip([f"redis://:s3cret@127.0.0.1:{server.port}/0"])
+        with pytest.raises(LayerConnectionError, match=r"127\.0\.0\.1"):
+            await round_trip([f"redis://:wrong@127.0.0.1:{server.port}/0"])
+    finally:
+        server.cleanup()
