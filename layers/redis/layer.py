@@ -286,7 +286,12 @@ class RedisChannelLayer(BaseChannelLayer):
             self._unsubscribe(group)
 
     def _on_group_message(self, pubsub_channel: str, data: bytes) -> None:
-        expires, sender, sealed = wire.unpack_group_message(data)
+        try:
+            expires, sender, sealed = wire.unpack_group_message(data)
+        except ValueError:
+            self.counters.rejected += 1
+            logger.warning("group %s: discarded a malformed message", pubsub_channel)
+            return
         if sender == self._process_id_bytes:
             return  # delivered locally when it was sent
         remaining = expires - time.time()
@@ -300,7 +305,7 @@ class RedisChannelLayer(BaseChannelLayer):
     def _on_inbox_entry(self, data: bytes) -> None:
         try:
             entry = wire.unpack_list_entry(data)
-        except (ValueError, UnicodeDecodeError, IndexError):
+        except ValueError:  # UnicodeDecodeError included
             self.counters.rejected += 1
             logger.warning("inbox %s: discarded a malformed entry", self.process_id)
             return
@@ -421,7 +426,12 @@ class RedisChannelLayer(BaseChannelLayer):
             backoff.succeeded()
             if popped is None:
                 continue
-            entry = wire.unpack_list_entry(popped[1])
+            try:
+                entry = wire.unpack_list_entry(popped[1])
+            except ValueError:
+                self.counters.rejected += 1
+                logger.warning("channel %s: discarded a malformed entry", channel)
+                continue
             if entry.expires < time.time():
                 self.counters.expired += 1
                 continue

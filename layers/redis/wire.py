@@ -68,7 +68,11 @@ def pack_list_entry(expires: float, channel: str, payload: bytes) -> bytes:
 
 
 def unpack_list_entry(data: bytes) -> ListEntry:
-    expires, length = _LIST_HEAD.unpack_from(data)
+    """Raises ``ValueError`` for bytes that are not an entry (someone else wrote the key)."""
+    try:
+        expires, length = _LIST_HEAD.unpack_from(data)
+    except struct.error as exc:
+        raise ValueError(f"malformed list entry: {exc}") from exc
     start = _LIST_HEAD.size
     return ListEntry(expires, data[start : start + length].decode(), data[start + length :])
 
@@ -88,7 +92,11 @@ def pack_group_message(expires: float, sender: bytes, payload: bytes) -> bytes:
 
 
 def unpack_group_message(data: bytes) -> tuple[float, bytes, bytes]:
-    (expires,) = _EXPIRY.unpack_from(data)
+    """Raises ``ValueError`` for bytes that are not a group message."""
+    try:
+        (expires,) = _EXPIRY.unpack_from(data)
+    except struct.error as exc:
+        raise ValueError(f"malformed group message: {exc}") from exc
     start = _EXPIRY.size
     end = start + PROCESS_ID_LENGTH
     return expires, data[start:end], data[end:]

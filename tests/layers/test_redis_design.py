@@ -87,3 +87,32 @@ async def test_calls_from_another_thread_and_loop(
     finally:
         await layer.flush()
         await layer.close()
+
+
+async def test_foreign_bytes_in_our_keys_are_rejected_not_fatal(
+    redis_server: RedisServer, redis_prefix: str
+) -> None:
+    """Garbage written into a group's pub/sub channel, an inbox or a plain channel's list (by
+    another program sharing the Redis) is counted and skipped; delivery goes on."""
+    layer = RedisChannelLayer(hosts=[redis_server.url], prefix=redis_prefix)
+    try:
+        channel = await layer.new_channel()
+        await layer.group_add("room", channel)
+        redis_server.command("PUBLISH", f"{redis_prefix}:g{{room}}", "x")
+        redis_server.command("RPUSH", f"{redis_prefix}:p{{{layer.process_id}}}", "y")
+        redis_server.command("RPUSH", f"{redis_prefix}:c{{jobs}}", "z")
+        await layer.send("jobs", {"type": "good.plain"})
+        assert (await asyncio.wait_for(layer.receive("jobs"), 5))["type"] == "good.plain"
+        other = RedisChannelLayer(hosts=[redis_server.url], prefix=redis_prefix)
+        try:
+            await other.group_send("room", {"type": "good.group"})
+            await other.send(channel, {"type": "good.direct"})
+        finally:
+            await other.close()
+        got = [await asyncio.wait_for(layer.receive(channel), 5) for _ in range(2)]
+        # (Across processes a send and a group_send may swap: see the layer's docstring.)
+        assert sorted(m["type"] for m in got) == ["good.direct", "good.group"]
+        assert layer.counters.rejected == 3
+    finally:
+        await layer.flush()
+        await layer.close()
