@@ -1,0 +1,197 @@
+"""One typed Config object: the CLI only fills it, everything else reads it.
+
+It also loads the application (``module:attribute``, optionally a factory) and wraps ASGI 2
+style applications, so the rest of the gateway sees only ASGI 3 callables.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import ipaddress
+import logging
+import os
+import ssl
+import sys
+from collections.abc import Awaitable, Callable, MutableMapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+logger = logging.getLogger("gateway.error")
+
+SERVER_NAME = "roomcast"
+MIB = 1024 * 1024
+
+
+class ConfigError(Exception):
+    """A setting is wrong or the application cannot be loaded; the message is one clear line."""
+
+
+@dataclass
+class Config:
+    """Every setting of a gateway process, with the defaults a user gets from the CLI."""
+
+    app: str | ASGIApp
+    host: str = "127.0.0.1"
+    port: int = 8000
+    uds: str | None = None
+    fd: int | None = None
+    root_path: str = ""
+    proxy_headers: bool = False
+    forwarded_allow_ips: list[str] = field(default_factory=lambda: ["127.0.0.1"])
+    access_log: str | None = None  # a path, "-" for stdout, None for off
+    verbosity: int = 1
+    ping_interval: float = 20.0
+    ping_timeout: float = 30.0
+    websocket_max_message_size: int = MIB
+    websocket_per_message_deflate: bool = True
+    websocket_write_buffer: int = MIB  # bytes queued for a client that does not read
+    websocket_write_timeout: float = 10.0  # seconds over that limit before we close 1008
+    application_close_timeout: float = 10.0
+    server_name: str | None = SERVER_NAME
+    workers: int = 1
+    ssl_certfile: str | None = None
+    ssl_keyfile: str | None = None
+    ssl_keyfile_password: str | None = None
+    lifespan: Literal["auto", "on", "off"] = "auto"
+    timeout_keep_alive: float = 5.0
+    timeout_request_headers: float = 10.0  # slowloris: the whole head must arrive by then
+    limit_concurrency: int | None = None
+    limit_request_body: int = 16 * MIB
+    limit_request_head: int = 64 * 1024  # request line and headers; over it: 431
+    graceful_timeout: float = 30.0
+    factory: bool = False
+    backlog: int = 2048
+
+    def __post_init__(self) -> None:
+        for name in ("port", "workers", "backlog", "limit_request_body", "limit_request_head"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 0:
+                raise ConfigError(f"{name} must be a non-negative integer, got {value!r}")
+        if self.lifespan not in ("auto", "on", "off"):
+            raise ConfigError(f"lifespan must be auto, on or off, got {self.lifespan!r}")
+        if bool(self.ssl_certfile) != bool(self.ssl_keyfile):
+            raise ConfigError("--ssl-certfile and --ssl-keyfile go together")
+        if self.websocket_max_message_size <= 0:
+            raise ConfigError("websocket_max_message_size must be positive")
+        self._forwarded_networks = [
+            _network(entry) for entry in self.forwarded_allow_ips if entry != "*"
+        ]
+
+    @property
+    def is_ssl(self) -> bool:
+        return bool(self.ssl_certfile)
+
+    @property
+    def bind_description(self) -> str:
+        scheme = "https" if self.is_ssl else "http"
+        if self.uds:
+            return f"unix:{self.uds}"
+        if self.fd is not None:
+            return f"fd://{self.fd}"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{scheme}://{host}:{self.port}"
+
+    def trusts_proxy(self, client_host: str | None) -> bool:
+        """Whether proxy headers from ``client_host`` are honoured (``--forwarded-allow-ips``)."""
+        if not self.proxy_headers:
+            return False
+        if "*" in self.forwarded_allow_ips:
+            return True
+        if client_host is None:  # a unix socket: the peer is on this machine
+            return True
+        try:
+            address = ipaddress.ip_address(client_host)
+        except ValueError:
+            return client_host in self.forwarded_allow_ips
+        return any(address in network for network in self._forwarded_networks)
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        if not self.ssl_certfile:
+            return None
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        try:
+            context.load_cert_chain(
+                self.ssl_certfile, self.ssl_keyfile, password=self.ssl_keyfile_password
+            )
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(
+                f"cannot load TLS certificate {self.ssl_certfile!r} / key "
+                f"{self.ssl_keyfile!r}: {exc}"
+            ) from exc
+        context.set_alpn_protocols(["http/1.1"])
+        return context
+
+    def load_app(self) -> ASGIApp:
+        """The ASGI 3 application, imported from ``module:attribute`` if given as a string."""
+        app: Any = self.app
+        if isinstance(app, str):
+            app = import_from_string(app)
+        if self.factory:
+            if not callable(app):
+                raise ConfigError(f"--factory: {self.app!r} is not callable")
+            app = app()
+        if not callable(app):
+            raise ConfigError(f"{self.app!r} is not an ASGI application (not callable)")
+        if _is_asgi2(app):
+            return _ASGI2Adapter(app)
+        return app  # type: ignore[no-any-return]
+
+
+def _network(entry: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    try:
+        return ipaddress.ip_network(entry, strict=False)
+    except ValueError as exc:
+        raise ConfigError(f"--forwarded-allow-ips: {entry!r} is not an address") from exc
+
+
+def import_from_string(path: str) -> Any:
+    """``package.module:attribute.path`` → the object, with one-line errors."""
+    module_name, colon, attributes = path.partition(":")
+    if not colon or not module_name or not attributes:
+        raise ConfigError(f"application {path!r} must look like 'module:attribute'")
+    if "" not in sys.path and os.getcwd() not in sys.path:
+        sys.path.insert(0, "")  # like `python -m`: the current directory's modules load
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        if exc.name and module_name.startswith(exc.name):
+            raise ConfigError(f"cannot import module {module_name!r}: {exc}") from exc
+        raise  # the module exists but fails inside: its traceback matters
+    obj: Any = module
+    for name in attributes.split("."):
+        try:
+            obj = getattr(obj, name)
+        except AttributeError:
+            raise ConfigError(f"module {module_name!r} has no attribute {attributes!r}") from None
+    return obj
+
+
+def _is_asgi2(app: Any) -> bool:
+    """ASGI 2 apps are classes instantiated with the scope, or callables of one argument."""
+    if inspect.isclass(app):
+        return True
+    call = app if inspect.isroutine(app) else type(app).__call__
+    if inspect.iscoroutinefunction(call):
+        return False
+    try:
+        return len(inspect.signature(app).parameters) == 1
+    except (TypeError, ValueError):
+        return False
+
+
+class _ASGI2Adapter:
+    """Runs an ASGI 2 ``app(scope)`` → ``instance(receive, send)`` as ASGI 3."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        instance = self.app(scope)
+        await instance(receive, send)

@@ -1,0 +1,424 @@
+"""An HTTP/1.1 connection (h11): request heads become streams, streams' answers become bytes.
+
+The connection owns the socket and the framing and keeps no ASGI state of its own: each
+request is an :class:`~gateway.streams.http.HTTPStream`, and an upgrade to WebSocket hands the
+socket to a :class:`~gateway.connections.websocket.WebSocketHandler` carrying a
+:class:`~gateway.streams.websocket.WebSocketStream`.
+
+Bad bytes get an HTTP error and a closed connection: malformed → 400, head too large → 431,
+body over the limit → 413, smuggling shapes (two Content-Lengths, Content-Length with
+Transfer-Encoding) → 400, over ``--limit-concurrency`` → 503. A head that does not arrive in
+``timeout_request_headers`` seconds, or an idle keep-alive past ``timeout_keep_alive``, is
+closed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from http import HTTPStatus
+from typing import Any
+from urllib.parse import unquote
+
+import h11
+
+from ..config import ASGIApp, Config, Scope
+from ..state import ServerState
+from ..streams.http import HTTPStream, ProtocolViolation
+from ..streams.websocket import WebSocketStream
+from .websocket import WebSocketHandler
+
+logger = logging.getLogger("gateway.error")
+
+_REASONS = {status.value: status.phrase.encode() for status in HTTPStatus}
+
+
+def _error_response(status: int, detail: str = "") -> bytes:
+    reason = _REASONS.get(status, b"Error")
+    body = reason + (b": " + detail.encode("latin-1", "replace") if detail else b"") + b"\n"
+    return (
+        b"HTTP/1.1 %d %s\r\ncontent-type: text/plain; charset=utf-8\r\n"
+        b"content-length: %d\r\nconnection: close\r\n\r\n%s" % (status, reason, len(body), body)
+    )
+
+
+class HTTP1Connection(asyncio.Protocol):
+    """One client socket speaking HTTP/1.1, possibly upgraded to WebSocket."""
+
+    def __init__(self, config: Config, app: ASGIApp, state: ServerState) -> None:
+        self.config = config
+        self.app = app
+        self.state = state
+        self.loop = asyncio.get_event_loop()
+        self.h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=config.limit_request_head)
+        self.transport: asyncio.Transport | None = None
+        self.stream: HTTPStream | None = None
+        self.websocket: WebSocketHandler | None = None
+        self.client: tuple[str, int] | None = None
+        self.server: tuple[str, int | None] | None = None
+        self.scheme = "http"
+        self._timer: asyncio.TimerHandle | None = None
+        self._awaiting_head = True
+        self._read_paused = False
+        self._write_paused = False
+        self._drain_waiters: list[asyncio.Future[None]] = []
+        self._body_received = 0
+        self._closing = False
+
+    # asyncio.Protocol -------------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        self.state.connections.add(self)
+        peer = transport.get_extra_info("peername")
+        sock = transport.get_extra_info("sockname")
+        if isinstance(peer, (tuple, list)) and len(peer) >= 2:
+            self.client = (str(peer[0]), int(peer[1]))
+        if isinstance(sock, (tuple, list)) and len(sock) >= 2:
+            self.server = (str(sock[0]), int(sock[1]))
+        elif isinstance(sock, str) and sock:
+            self.server = (sock, None)
+        if transport.get_extra_info("sslcontext") is not None:
+            self.scheme = "https"
+        self._set_timer(self.config.timeout_request_headers, self._on_head_timeout)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.state.connections.discard(self)
+        self._cancel_timer()
+        if self.websocket is not None:
+            self.websocket.connection_lost()
+        if self.stream is not None:
+            self.stream.feed_disconnect()
+        for waiter in self._drain_waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+        self._drain_waiters.clear()
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        for waiter in self._drain_waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+        self._drain_waiters.clear()
+
+    def data_received(self, data: bytes) -> None:
+        if self.websocket is not None:
+            self.websocket.data_received(data)
+            return
+        if self._awaiting_head and self.stream is None and self._timer is not None:
+            # Bytes of a new head have begun to arrive: the keep-alive wait is over and the
+            # head has ``timeout_request_headers`` to complete.
+            self._set_timer(self.config.timeout_request_headers, self._on_head_timeout)
+            self._awaiting_head = False
+        self.h11.receive_data(data)
+        self._handle_events()
+
+    def eof_received(self) -> bool | None:
+        if self.websocket is None:
+            self.h11.receive_data(b"")
+            self._handle_events()
+        return None
+
+    # Reading requests -------------------------------------------------------------------------
+
+    def _handle_events(self) -> None:
+        conn = self.h11
+        while self.transport is not None and not self.transport.is_closing():
+            try:
+                event = conn.next_event()
+            except h11.RemoteProtocolError as exc:
+                self._reject(exc.error_status_hint, str(exc))
+                return
+            if event is h11.NEED_DATA:
+                return
+            if event is h11.PAUSED:
+                # The next pipelined request waits for this response to complete.
+                self.pause_reading()
+                return
+            kind = type(event)
+            if kind is h11.Data:
+                self._on_body(event.data)  # type: ignore[union-attr]
+            elif kind is h11.EndOfMessage:
+                if self.stream is not None:
+                    self.stream.feed_body(b"", more=False)
+            elif kind is h11.Request:
+                self._on_request(event)  # type: ignore[arg-type]
+                if self.websocket is not None:
+                    return
+            elif kind is h11.ConnectionClosed:
+                if self.stream is None:
+                    self.transport.close()
+                return
+
+    def _on_body(self, data: bytes) -> None:
+        self._body_received += len(data)
+        stream = self.stream
+        if self._body_received > self.config.limit_request_body:
+            if stream is not None and stream.response_started:
+                self.abort()
+            else:
+                self._reject(413, f"body over {self.config.limit_request_body} bytes")
+                if stream is not None:
+                    stream.feed_disconnect()
+            return
+        if stream is not None:
+            stream.feed_body(data, more=True)
+
+    def _on_request(self, request: h11.Request) -> None:
+        self._cancel_timer()
+        self._body_received = 0
+        headers = request.headers
+        has_length = False
+        chunked = False
+        upgrade = b""
+        connection = b""
+        expect = b""
+        for name, value in headers:
+            if name == b"content-length":
+                has_length = True
+            elif name == b"transfer-encoding":
+                chunked = True
+            elif name == b"upgrade":
+                upgrade = value.lower()
+            elif name == b"connection":
+                connection = value.lower()
+            elif name == b"expect":
+                expect = value.lower()
+        # h11 already refuses conflicting Content-Lengths (400) and merges identical ones, as
+        # RFC 9110 §8.6 allows; Content-Length beside Transfer-Encoding we refuse here.
+        if has_length and chunked:
+            self._reject(400, "ambiguous message length (Content-Length with Transfer-Encoding)")
+            return
+        limit = self.config.limit_concurrency
+        if limit is not None and self.state.active >= limit:
+            self.state.counters.rejected_overload += 1
+            self._reject(503, "server at its concurrency limit")
+            return
+        scope = self._scope(request)
+        if b"websocket" in upgrade and b"upgrade" in connection and request.method == b"GET":
+            self._start_websocket(request, scope)
+            return
+        if has_length:
+            declared = int(dict(headers)[b"content-length"])
+            if declared > self.config.limit_request_body:
+                self._reject(413, f"body over {self.config.limit_request_body} bytes")
+                return
+        scope["type"] = "http"
+        scope["method"] = request.method.decode("ascii")
+        stream = self.stream = HTTPStream(self.app, scope, self)
+        if expect == b"100-continue":
+            stream.on_first_receive = self._continue
+        self._run(stream.run())
+
+    def _scope(self, request: h11.Request) -> Scope:
+        target = request.target
+        raw_path, _, query = target.partition(b"?")
+        if raw_path[:1] != b"/" and b"://" in raw_path:  # absolute-form target
+            raw_path = b"/" + raw_path.split(b"://", 1)[1].partition(b"/")[2]
+        client, scheme = self.client, self.scheme
+        headers = [(name, value) for name, value in request.headers]
+        if self.config.proxy_headers and self.config.trusts_proxy(client[0] if client else None):
+            client, scheme = self._from_proxy(headers, client, scheme)
+        root = self.config.root_path
+        return {
+            "asgi": {"version": "3.0", "spec_version": "2.4"},
+            "http_version": request.http_version.decode("ascii"),
+            "scheme": scheme,
+            "path": root + unquote(raw_path.decode("ascii", "replace")),
+            "raw_path": raw_path,
+            "query_string": query,
+            "root_path": root,
+            "headers": headers,
+            "client": client,
+            "server": self.server,
+            "state": dict(self.state.app_state),
+        }
+
+    def _from_proxy(
+        self, headers: list[tuple[bytes, bytes]], client: tuple[str, int] | None, scheme: str
+    ) -> tuple[tuple[str, int] | None, str]:
+        for name, value in headers:
+            if name == b"x-forwarded-proto":
+                proto = value.decode("latin-1").split(",")[-1].strip().lower()
+                if proto in ("http", "https", "ws", "wss"):
+                    scheme = {"ws": "http", "wss": "https"}.get(proto, proto)
+            elif name == b"x-forwarded-for":
+                hops = [hop.strip() for hop in value.decode("latin-1").split(",") if hop.strip()]
+                # The right-most hop that is not one of our trusted proxies is the client.
+                for hop in reversed(hops):
+                    if not self.config.trusts_proxy(hop) or hop == hops[0]:
+                        client = (hop, 0)
+                        break
+        return client, scheme
+
+    def _start_websocket(self, request: h11.Request, scope: Scope) -> None:
+        assert self.transport is not None
+        version = key = None
+        protocols: list[str] = []
+        for name, value in request.headers:
+            if name == b"sec-websocket-version":
+                version = value
+            elif name == b"sec-websocket-key":
+                key = value
+            elif name == b"sec-websocket-protocol":
+                protocols.extend(p.strip() for p in value.decode("latin-1").split(",") if p.strip())
+        if version != b"13" or not key:
+            self._reject(400, "missing or unsupported Sec-WebSocket-Version/Key")
+            return
+        scope["type"] = "websocket"
+        scope["scheme"] = "wss" if scope["scheme"] == "https" else "ws"
+        scope["subprotocols"] = protocols
+        scope["extensions"] = {"websocket.http.response": {}}
+        handler = self.websocket = WebSocketHandler(
+            self.transport, self.config, self.state, request, self.h11, self.drain
+        )
+        stream = WebSocketStream(self.app, scope, handler)
+        handler.stream = stream
+        trailing, _ = self.h11.trailing_data
+        if trailing:
+            handler.data_received(trailing)
+        self._run(stream.run())
+
+    def _run(self, work: Any) -> None:
+        self.state.active += 1
+        self.state.counters.requests += 1
+        task = self.loop.create_task(work)
+        self.state.tasks.add(task)
+        task.add_done_callback(self._stream_done)
+
+    def _stream_done(self, task: asyncio.Task[None]) -> None:
+        self.state.active -= 1
+        self.state.tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            logger.error("stream task failed", exc_info=task.exception())
+
+    def _continue(self) -> None:
+        if self.h11.they_are_waiting_for_100_continue and self.transport is not None:
+            self.transport.write(
+                self.h11.send(h11.InformationalResponse(status_code=100, headers=[]))
+            )
+
+    def _reject(self, status: int, detail: str) -> None:
+        """Answer a request we will not serve with ``status``, then close."""
+        self.state.counters.bad_requests += 1
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        if self.stream is None or not self.stream.response_started:
+            transport.write(_error_response(status, detail))
+        transport.close()
+
+    # The Responder interface (for HTTPStream) -----------------------------------------------
+
+    def send_response(
+        self, status: int, headers: list[tuple[bytes, bytes]], body: bytes, end: bool
+    ) -> None:
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        names = {name.lower() for name, _ in headers}
+        defaults = [pair for pair in self.state.default_headers() if pair[0] not in names]
+        if self._closing:
+            defaults.append((b"connection", b"close"))
+        try:
+            data = self.h11.send(
+                h11.Response(
+                    status_code=status,
+                    headers=defaults + headers,
+                    reason=_REASONS.get(status, b""),
+                )
+            )
+            if body:
+                data += self.h11.send(h11.Data(data=body))
+            if end:
+                data += self.h11.send(h11.EndOfMessage())
+        except h11.LocalProtocolError as exc:
+            transport.write(_error_response(500))
+            transport.close()
+            raise ProtocolViolation(f"response refused: {exc}") from exc
+        transport.write(data)
+        if end:
+            self._response_done()
+
+    def send_body(self, body: bytes, end: bool) -> None:
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        data = self.h11.send(h11.Data(data=body)) if body else b""
+        if end:
+            data += self.h11.send(h11.EndOfMessage())
+        if data:
+            transport.write(data)
+        if end:
+            self._response_done()
+
+    def _response_done(self) -> None:
+        transport = self.transport
+        assert transport is not None
+        conn = self.h11
+        if self._closing or conn.our_state is h11.MUST_CLOSE or conn.their_state is not h11.DONE:
+            transport.close()
+            return
+        conn.start_next_cycle()
+        self.stream = None
+        self._awaiting_head = True
+        self._set_timer(self.config.timeout_keep_alive, self._on_keep_alive_timeout)
+        self.resume_reading()
+        if conn.trailing_data[0]:
+            self._handle_events()  # a pipelined request is already here
+
+    async def drain(self) -> None:
+        if self._write_paused and self.transport is not None and not self.transport.is_closing():
+            waiter = self.loop.create_future()
+            self._drain_waiters.append(waiter)
+            await waiter
+
+    def pause_reading(self) -> None:
+        if not self._read_paused and self.transport is not None:
+            self._read_paused = True
+            self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self._read_paused and self.transport is not None:
+            self._read_paused = False
+            self.transport.resume_reading()
+
+    # Server-driven closing ------------------------------------------------------------------
+
+    def shutdown(self, restart: bool = False) -> None:
+        self._closing = True
+        if self.transport is None or self.transport.is_closing():
+            return
+        if self.websocket is not None:
+            self.websocket.shutdown(restart)
+        elif self.stream is None:
+            self.transport.close()
+
+    def abort(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+    # Timers -----------------------------------------------------------------------------------
+
+    def _set_timer(self, seconds: float, callback: Any) -> None:
+        self._cancel_timer()
+        self._timer = self.loop.call_later(seconds, callback)
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _on_head_timeout(self) -> None:
+        self._timer = None
+        if self.transport is not None and self.stream is None and self.websocket is None:
+            self.transport.close()
+
+    def _on_keep_alive_timeout(self) -> None:
+        self._timer = None
+        if self.transport is not None and self.stream is None and self.websocket is None:
+            self.transport.close()

@@ -1,0 +1,286 @@
+"""WebSocket framing on a socket that an HTTP/1.1 upgrade handed over (wsproto).
+
+Carries one :class:`~gateway.streams.websocket.WebSocketStream`: completes or denies the
+handshake, reassembles fragmented messages up to the size limit (1009 beyond it), answers
+pings, pings an idle client (closing 1011 when it stops answering), and bounds what is queued
+for a client that does not read (1008 after ``websocket_write_timeout``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from http import HTTPStatus
+from typing import Any
+
+import h11
+from wsproto.connection import Connection, ConnectionState, ConnectionType
+from wsproto.events import (
+    BytesMessage,
+    CloseConnection,
+    Message,
+    Ping,
+    Pong,
+    TextMessage,
+)
+from wsproto.extensions import Extension, PerMessageDeflate
+from wsproto.utilities import LocalProtocolError, generate_accept_token
+
+from ..config import Config
+from ..state import ServerState
+from ..streams.websocket import WebSocketStream
+
+logger = logging.getLogger("gateway.error")
+
+CLOSE_TIMEOUT = 5.0  # seconds we wait for the client's half of the closing handshake
+
+
+class WebSocketHandler:
+    """The :class:`WebSocketResponder` of an upgraded HTTP/1.1 connection."""
+
+    def __init__(
+        self,
+        transport: asyncio.Transport,
+        config: Config,
+        state: ServerState,
+        request: h11.Request,
+        h11_conn: h11.Connection,
+        drain: Callable[[], Any],
+    ) -> None:
+        self.transport = transport
+        self.config = config
+        self.state = state
+        self.request = request
+        self.h11 = h11_conn
+        self._drain = drain
+        self.stream: WebSocketStream | None = None
+        self.ws: Connection | None = None
+        self._pending = b""  # bytes that arrived before the handshake completed
+        self._parts: list[bytes | str] = []
+        self._size = 0
+        self._ping_timer: asyncio.TimerHandle | None = None
+        self._pong_deadline: asyncio.TimerHandle | None = None
+        self._close_timer: asyncio.TimerHandle | None = None
+        self.closed = False
+
+    # Handshake --------------------------------------------------------------------------------
+
+    def accept(self, subprotocol: str | None, headers: list[tuple[bytes, bytes]]) -> None:
+        key = _header(self.request, b"sec-websocket-key") or b""
+        response = [
+            (b"upgrade", b"websocket"),
+            (b"connection", b"Upgrade"),
+            (b"sec-websocket-accept", generate_accept_token(key)),
+        ]
+        extensions: list[Extension] = []
+        offer = _header(self.request, b"sec-websocket-extensions")
+        if offer and self.config.websocket_per_message_deflate:
+            deflate = PerMessageDeflate()
+            for candidate in offer.decode("latin-1").split(","):
+                if candidate.strip().startswith("permessage-deflate"):
+                    accepted = deflate.accept(candidate.strip())
+                    if accepted:
+                        value = deflate.name
+                        if isinstance(accepted, str) and accepted:
+                            value += "; " + accepted
+                        response.append((b"sec-websocket-extensions", value.encode()))
+                        extensions.append(deflate)
+                    break
+        if subprotocol:
+            response.append((b"sec-websocket-protocol", subprotocol.encode()))
+        response.extend(headers)
+        head = [b"HTTP/1.1 101 Switching Protocols\r\n"]
+        head.extend(b"%s: %s\r\n" % (name, value) for name, value in response)
+        head.append(b"\r\n")
+        self.transport.write(b"".join(head))
+        self.ws = Connection(ConnectionType.SERVER, extensions)
+        self.state.counters.websockets += 1
+        self._arm_ping()
+        if self._pending:
+            pending, self._pending = self._pending, b""
+            self.data_received(pending)
+
+    def deny(self, status: int, headers: list[tuple[bytes, bytes]], body: bytes, end: bool) -> None:
+        """An HTTP response instead of the upgrade (h11 still owns the connection)."""
+        try:
+            data = b""
+            if status:
+                response = h11.Response(status_code=status, headers=headers, reason=_reason(status))
+                data += self.h11.send(response) or b""
+            if body:
+                data += self.h11.send(h11.Data(data=body)) or b""
+            if end:
+                data += self.h11.send(h11.EndOfMessage()) or b""
+            self.transport.write(data)
+        except h11.LocalProtocolError as exc:
+            logger.error("WebSocket denial response refused: %s", exc)
+            end = True
+        if end:
+            self.closed = True
+            self.transport.close()
+
+    # Frames -------------------------------------------------------------------------------------
+
+    def data_received(self, data: bytes) -> None:
+        ws = self.ws
+        if ws is None:
+            if len(self._pending) + len(data) > self.config.websocket_max_message_size:
+                self.transport.close()  # a client streaming frames before the handshake
+                return
+            self._pending += data
+            return
+        ws.receive_data(data)
+        for event in ws.events():
+            if isinstance(event, Message):
+                self._on_message(event)
+            elif isinstance(event, Ping):
+                self._write(event.response())
+            elif isinstance(event, Pong):
+                self._on_pong()
+            elif isinstance(event, CloseConnection):
+                self._on_close(event)
+                return
+
+    def _on_message(self, event: Message[Any]) -> None:
+        part = event.data
+        self._size += len(part)
+        if self._size > self.config.websocket_max_message_size:
+            self._parts.clear()
+            self._size = 0
+            self.close(1009, "message too big")
+            self._gone(1009)
+            return
+        self._parts.append(part)
+        if not event.message_finished:
+            return
+        parts, self._parts, self._size = self._parts, [], 0
+        if isinstance(event, TextMessage):
+            message: str | bytes = parts[0] if len(parts) == 1 else "".join(parts)  # type: ignore[arg-type]
+        else:
+            assert isinstance(event, BytesMessage)
+            message = parts[0] if len(parts) == 1 else b"".join(parts)  # type: ignore[arg-type]
+        if self.stream is not None:
+            self.stream.feed_message(message)
+
+    def _on_close(self, event: CloseConnection) -> None:
+        ws = self.ws
+        assert ws is not None
+        if ws.state is ConnectionState.REMOTE_CLOSING:
+            self._write(event.response())
+        self._gone(event.code, event.reason or "")
+        self._finish()
+
+    def _gone(self, code: int, reason: str = "") -> None:
+        if self.stream is not None:
+            self.stream.feed_disconnect(code, reason)
+
+    def _write(self, event: Any) -> None:
+        ws = self.ws
+        if ws is None or self.transport.is_closing():
+            return
+        with contextlib.suppress(LocalProtocolError):  # closing already: nothing more may go
+            self.transport.write(ws.send(event))
+
+    def _finish(self) -> None:
+        self.closed = True
+        self._cancel_timers()
+        self.transport.close()
+
+    # The responder side ------------------------------------------------------------------------
+
+    async def send_message(self, data: str | bytes) -> None:
+        ws = self.ws
+        if ws is None or ws.state is not ConnectionState.OPEN or self.transport.is_closing():
+            from ..streams.http import ClientDisconnected
+
+            raise ClientDisconnected("WebSocket is closed")
+        self.transport.write(
+            ws.send(TextMessage(data=data) if isinstance(data, str) else BytesMessage(data=data))
+        )
+        if self.transport.get_write_buffer_size() > self.config.websocket_write_buffer:
+            try:
+                await asyncio.wait_for(self._drain(), self.config.websocket_write_timeout)
+            except TimeoutError:
+                self.state.counters.slow_clients_closed += 1
+                logger.warning(
+                    "closing WebSocket %s: the client read nothing for %.0f s with %d bytes queued",
+                    self.request.target.decode("latin-1"),
+                    self.config.websocket_write_timeout,
+                    self.transport.get_write_buffer_size(),
+                )
+                self._gone(1008, "client too slow")
+                self.transport.abort()
+                self.closed = True
+                self._cancel_timers()
+
+    def close(self, code: int, reason: str) -> None:
+        ws = self.ws
+        if ws is None:
+            return
+        if ws.state is ConnectionState.OPEN:
+            self._write(CloseConnection(code=code, reason=reason or None))
+            loop = asyncio.get_running_loop()
+            self._close_timer = loop.call_later(CLOSE_TIMEOUT, self._finish)
+        elif ws.state is not ConnectionState.CLOSED:
+            self._finish()
+
+    def shutdown(self, restart: bool) -> None:
+        """Server going away: 1012 for a restart, 1001 otherwise."""
+        if self.ws is None:
+            self.deny(503, [(b"content-length", b"0"), (b"connection", b"close")], b"", end=True)
+            return
+        code = 1012 if restart else 1001
+        self.close(code, "server restart" if restart else "server shutting down")
+        self._gone(code)
+
+    def connection_lost(self) -> None:
+        self.closed = True
+        self._cancel_timers()
+        self._gone(1006)
+
+    # Keep-alive -------------------------------------------------------------------------------
+
+    def _arm_ping(self) -> None:
+        if self.config.ping_interval > 0:
+            loop = asyncio.get_running_loop()
+            self._ping_timer = loop.call_later(self.config.ping_interval, self._ping)
+
+    def _ping(self) -> None:
+        self._write(Ping(payload=b"roomcast"))
+        if self._pong_deadline is None and self.config.ping_timeout > 0:
+            loop = asyncio.get_running_loop()
+            self._pong_deadline = loop.call_later(self.config.ping_timeout, self._no_pong)
+        self._arm_ping()
+
+    def _on_pong(self) -> None:
+        if self._pong_deadline is not None:
+            self._pong_deadline.cancel()
+            self._pong_deadline = None
+
+    def _no_pong(self) -> None:
+        logger.info("closing WebSocket %s: no pong within the ping timeout", self.request.target)
+        self._gone(1011, "keepalive ping timeout")
+        self.close(1011, "keepalive ping timeout")
+        self._finish()
+
+    def _cancel_timers(self) -> None:
+        for timer in (self._ping_timer, self._pong_deadline, self._close_timer):
+            if timer is not None:
+                timer.cancel()
+        self._ping_timer = self._pong_deadline = self._close_timer = None
+
+
+def _header(request: h11.Request, name: bytes) -> bytes | None:
+    for key, value in request.headers:
+        if key == name:
+            return bytes(value)
+    return None
+
+
+def _reason(status: int) -> bytes:
+    try:
+        return HTTPStatus(status).phrase.encode()
+    except ValueError:
+        return b""

@@ -1,0 +1,94 @@
+"""The gateway's two loggers: ``gateway.error`` (diagnostics) and ``gateway.access`` (requests).
+
+Only these loggers are configured, never the root logger, so an application's own logging
+(Django's ``LOGGING``, for one) is left alone. The access log is off unless ``--access-log``
+names a file or ``-`` (stdout): ``log_access`` then costs one ``isEnabledFor`` call.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+from gateway.config import Config, ConfigError
+
+error_logger = logging.getLogger("gateway.error")
+access_logger = logging.getLogger("gateway.access")
+
+# Daphne's -v levels: 0 warnings and errors, 1 also start/stop, 2 and 3 debug (3 adds asyncio).
+VERBOSITY_LEVELS = {0: logging.WARNING, 1: logging.INFO, 2: logging.DEBUG, 3: logging.DEBUG}
+ERROR_FORMAT = "%(asctime)s %(levelname)-8s %(message)s"
+ACCESS_FORMAT = "%(asctime)s %(message)s"
+
+_OURS = "_gateway_handler"  # marks handlers we added, so configuring twice replaces them
+
+
+def configure_logging(config: Config) -> None:
+    """Set levels and handlers of our loggers from ``verbosity`` and ``access_log``."""
+    level = VERBOSITY_LEVELS.get(config.verbosity, logging.DEBUG)
+    error_handler = logging.StreamHandler(sys.stderr)
+    error_handler.setFormatter(logging.Formatter(ERROR_FORMAT))
+    _install(error_logger, error_handler, level)
+    logging.getLogger("asyncio").setLevel(
+        logging.DEBUG if config.verbosity >= 3 else logging.WARNING
+    )
+
+    if not config.access_log:
+        _install(access_logger, None, logging.CRITICAL + 1)
+        return
+    access_handler: logging.Handler
+    if config.access_log == "-":
+        access_handler = logging.StreamHandler(sys.stdout)
+    else:
+        try:
+            access_handler = logging.FileHandler(config.access_log, encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError(f"cannot open access log {config.access_log!r}: {exc}") from exc
+    access_handler.setFormatter(logging.Formatter(ACCESS_FORMAT))
+    _install(access_logger, access_handler, logging.INFO)
+
+
+def _install(logger: logging.Logger, handler: logging.Handler | None, level: int) -> None:
+    for old in [h for h in logger.handlers if getattr(h, _OURS, False)]:
+        logger.removeHandler(old)
+        old.close()
+    if handler is not None:
+        setattr(handler, _OURS, True)
+        logger.addHandler(handler)
+    logger.setLevel(level)
+    logger.propagate = False  # our lines are formatted already; never print them twice
+    logger.disabled = False
+
+
+def log_access(
+    client: tuple[str, int] | None,
+    method: str,
+    path: str,
+    http_version: str,
+    status: int,
+    size: int,
+    duration: float,
+) -> None:
+    """One request's line: ``127.0.0.1:5000 - "GET /path HTTP/1.1" 200 12 0.8ms``.
+
+    ``duration`` is in seconds, ``size`` the response body bytes, ``client`` None for a unix
+    socket peer. Call it unconditionally: it returns at once when the access log is off.
+    """
+    if not access_logger.isEnabledFor(logging.INFO):
+        return
+    if client is None:
+        peer = "-"
+    elif ":" in client[0]:
+        peer = f"[{client[0]}]:{client[1]}"
+    else:
+        peer = f"{client[0]}:{client[1]}"
+    access_logger.info(
+        '%s - "%s %s HTTP/%s" %d %d %.1fms',
+        peer,
+        method,
+        path,
+        http_version,
+        status,
+        size,
+        duration * 1000.0,
+    )

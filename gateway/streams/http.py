@@ -1,0 +1,252 @@
+"""One HTTP request/response cycle as an ASGI ``http`` conversation.
+
+The stream builds nothing from bytes: its connection (HTTP/1.1 today, HTTP/2 later) hands it a
+scope and the request body in pieces, and it hands back the response through the small
+:class:`Responder` interface. It runs the application, enforces the order of the app's
+messages, and turns app faults into a 500 or an aborted connection, never a traceback to the
+client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from ..config import ASGIApp, Message, Scope
+from ..logging import log_access
+
+logger = logging.getLogger("gateway.error")
+
+# Request body buffered for the app before the connection stops reading from the client.
+BODY_HIGH_WATER = 256 * 1024
+
+_ERROR_BODY = b"Internal Server Error"
+_ERROR_HEADERS = [
+    (b"content-type", b"text/plain; charset=utf-8"),
+    (b"content-length", str(len(_ERROR_BODY)).encode()),
+    (b"connection", b"close"),
+]
+
+
+class Responder(Protocol):
+    """What an HTTP stream needs from the connection that carries it."""
+
+    def send_response(
+        self, status: int, headers: list[tuple[bytes, bytes]], body: bytes, end: bool
+    ) -> None:
+        """Send the status line and headers, with the first piece of body."""
+
+    def send_body(self, body: bytes, end: bool) -> None:
+        """Send more body; ``end`` completes the response."""
+
+    async def drain(self) -> None:
+        """Return when the client has taken enough of what we sent (write backpressure)."""
+
+    def pause_reading(self) -> None:
+        """Stop reading request body: the app is behind."""
+
+    def resume_reading(self) -> None:
+        """The app has consumed buffered body; read on."""
+
+    def abort(self) -> None:
+        """Close the connection without completing the response."""
+
+
+class ClientDisconnected(OSError):
+    """``send()`` after the client went away (ASGI spec 2.4: an OSError subclass)."""
+
+
+class ProtocolViolation(Exception):
+    """The application sent an ASGI message that is illegal at this point."""
+
+
+class HTTPStream:
+    """Runs ``app`` for one request and relays its messages to a :class:`Responder`."""
+
+    def __init__(self, app: ASGIApp, scope: Scope, responder: Responder) -> None:
+        self.app = app
+        self.scope = scope
+        self.responder = responder
+        self.head_request = scope["method"] == "HEAD"
+        self._body: deque[bytes] = deque()
+        self._buffered = 0
+        self._body_complete = False
+        self._final_body_sent = False
+        self._disconnected = False
+        self._waiting: asyncio.Future[None] | None = None
+        self._status = 0
+        self._headers: list[tuple[bytes, bytes]] | None = None
+        self.response_started = False
+        self.response_complete = False
+        self._sent_bytes = 0
+        self._started_at = time.perf_counter()
+        # Called once, when the app first waits for body: HTTP/1.1 sends 100 Continue then.
+        self.on_first_receive: Callable[[], None] | None = None
+
+    # Fed by the connection ----------------------------------------------------------------
+
+    def feed_body(self, data: bytes, more: bool) -> None:
+        if data:
+            self._body.append(data)
+            self._buffered += len(data)
+            if self._buffered > BODY_HIGH_WATER:
+                self.responder.pause_reading()
+        if not more:
+            self._body_complete = True
+        self._wake()
+
+    def feed_disconnect(self) -> None:
+        self._disconnected = True
+        self._wake()
+
+    def _wake(self) -> None:
+        waiting = self._waiting
+        if waiting is not None and not waiting.done():
+            waiting.set_result(None)
+
+    # The ASGI side --------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Run the app to completion; faults become a 500 or an abort, and are logged."""
+        try:
+            await self.app(self.scope, self.receive, self.send)
+        except asyncio.CancelledError:
+            if not self.response_complete:
+                self.responder.abort()
+            raise
+        except ClientDisconnected:
+            logger.debug("client went away during %s", self._where())
+            self.responder.abort()
+        except ProtocolViolation as exc:
+            logger.error("ASGI protocol violation on %s: %s", self._where(), exc)
+            self.responder.abort()
+        except BaseException as exc:
+            logger.error("Exception in ASGI application on %s", self._where(), exc_info=exc)
+            self._fail()
+        else:
+            if not self.response_complete:
+                if self.response_started:
+                    logger.error(
+                        "ASGI application returned before completing the response on %s",
+                        self._where(),
+                    )
+                    self.responder.abort()
+                elif not self._disconnected:
+                    logger.error(
+                        "ASGI application returned without a response on %s", self._where()
+                    )
+                    self._fail()
+        finally:
+            self._log()
+
+    def _fail(self) -> None:
+        if self.response_started or self._disconnected:
+            self.responder.abort()
+            return
+        self.response_started = self.response_complete = True
+        self._status = 500
+        self.responder.send_response(500, list(_ERROR_HEADERS), _ERROR_BODY, end=True)
+        self._sent_bytes = len(_ERROR_BODY)
+
+    def _where(self) -> str:
+        return f"{self.scope['method']} {self.scope['path']}"
+
+    def _log(self) -> None:
+        client = self.scope.get("client")
+        log_access(
+            client,
+            self.scope["method"],
+            self.scope["raw_path"].decode("latin-1") if self.scope.get("raw_path") else "",
+            self.scope["http_version"],
+            self._status,
+            self._sent_bytes,
+            time.perf_counter() - self._started_at,
+        )
+
+    async def receive(self) -> Message:
+        """The body as buffered so far in one message, then ``http.disconnect`` when due."""
+        while True:
+            if self._body or (self._body_complete and not self._final_body_sent):
+                body = self._body
+                chunk = body.popleft() if len(body) == 1 else b"".join(body)
+                body.clear()
+                if self._buffered > BODY_HIGH_WATER:
+                    self.responder.resume_reading()
+                self._buffered = 0
+                more = not self._body_complete
+                self._final_body_sent = not more
+                return {"type": "http.request", "body": chunk, "more_body": more}
+            if self._disconnected or self.response_complete:
+                return {"type": "http.disconnect"}
+            first = self.on_first_receive
+            if first is not None:
+                self.on_first_receive = None
+                first()
+            self._waiting = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiting
+            finally:
+                self._waiting = None
+
+    async def send(self, message: Message) -> None:
+        kind = message.get("type")
+        if self._disconnected:
+            raise ClientDisconnected(f"client went away before {kind!r} could be sent")
+        if not self.response_started:
+            if kind != "http.response.start":
+                raise ProtocolViolation(f"expected 'http.response.start', got {kind!r}")
+            self._start(message)
+            return
+        if self.response_complete:
+            raise ProtocolViolation(f"{kind!r} sent after the response was complete")
+        if kind != "http.response.body":
+            raise ProtocolViolation(f"expected 'http.response.body', got {kind!r}")
+        body = message.get("body", b"")
+        if not isinstance(body, (bytes, bytearray, memoryview)):
+            raise ProtocolViolation(f"http.response.body 'body' must be bytes, not {type(body)}")
+        more = bool(message.get("more_body", False))
+        if self.head_request:
+            body = b""
+        body = bytes(body)
+        self._sent_bytes += len(body)
+        if not more:
+            self.response_complete = True
+            self._wake()
+        headers = self._headers
+        if headers is not None:
+            self._headers = None
+            self.responder.send_response(self._status, headers, body, end=not more)
+        else:
+            self.responder.send_body(body, end=not more)
+        if more:
+            await self.responder.drain()
+
+    def _start(self, message: Message) -> None:
+        status = message.get("status")
+        if not isinstance(status, int) or not 100 <= status <= 999:
+            raise ProtocolViolation(f"http.response.start 'status' must be an int, got {status!r}")
+        headers: list[tuple[bytes, bytes]] = []
+        for pair in message.get("headers", ()):
+            try:
+                name, value = pair
+            except (TypeError, ValueError):
+                raise ProtocolViolation(f"response header {pair!r} is not a pair") from None
+            if not isinstance(name, bytes) or not isinstance(value, bytes):
+                raise ProtocolViolation(f"response header {pair!r} must be a pair of bytes")
+            if b"\r" in value or b"\n" in value or b"\r" in name or b"\n" in name:
+                raise ProtocolViolation(f"response header {name!r} holds CR or LF")
+            headers.append((name, value))
+        self.response_started = True
+        self._status = status
+        self._headers = headers
+
+
+def new_scope(**fields: Any) -> Scope:
+    """An ``http`` scope with the spec's fixed fields filled in."""
+    scope: Scope = {"type": "http", "asgi": {"version": "3.0", "spec_version": "2.4"}}
+    scope.update(fields)
+    return scope

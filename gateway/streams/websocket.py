@@ -1,0 +1,208 @@
+"""One WebSocket session as an ASGI ``websocket`` conversation.
+
+The stream does not know what carries it (an HTTP/1.1 upgrade today, an HTTP/2 extended
+CONNECT later): it runs the app, keeps the app's messages in a legal order, and talks to its
+carrier through :class:`WebSocketResponder`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from enum import Enum
+from typing import Protocol
+
+from ..config import ASGIApp, Message, Scope
+from .http import ClientDisconnected, ProtocolViolation
+
+logger = logging.getLogger("gateway.error")
+
+
+class WebSocketResponder(Protocol):
+    """What a WebSocket stream needs from the connection that carries it."""
+
+    def accept(self, subprotocol: str | None, headers: list[tuple[bytes, bytes]]) -> None:
+        """Complete the handshake."""
+
+    async def send_message(self, data: str | bytes) -> None:
+        """Send one message; waits (bounded) while the client is not reading."""
+
+    def close(self, code: int, reason: str) -> None:
+        """Start the closing handshake."""
+
+    def deny(self, status: int, headers: list[tuple[bytes, bytes]], body: bytes, end: bool) -> None:
+        """Refuse the handshake with an HTTP response (``body`` parts follow until ``end``)."""
+
+
+class State(Enum):
+    CONNECTING = 1
+    CONNECTED = 2
+    RESPONDING = 3  # sending an HTTP denial response
+    CLOSED = 4
+
+
+_DENIED = [(b"content-type", b"text/plain; charset=utf-8"), (b"connection", b"close")]
+
+
+class WebSocketStream:
+    """Runs ``app`` for one WebSocket and relays messages both ways."""
+
+    def __init__(self, app: ASGIApp, scope: Scope, responder: WebSocketResponder) -> None:
+        self.app = app
+        self.scope = scope
+        self.responder = responder
+        self.state = State.CONNECTING
+        self._incoming: deque[Message] = deque([{"type": "websocket.connect"}])
+        self._waiting: asyncio.Future[None] | None = None
+        self._disconnected: Message | None = None
+
+    # Fed by the connection ----------------------------------------------------------------
+
+    def feed_message(self, data: str | bytes) -> None:
+        if isinstance(data, str):
+            self._incoming.append({"type": "websocket.receive", "text": data})
+        else:
+            self._incoming.append({"type": "websocket.receive", "bytes": data})
+        self._wake()
+
+    def feed_disconnect(self, code: int, reason: str = "") -> None:
+        if self._disconnected is None:
+            self._disconnected = {"type": "websocket.disconnect", "code": code, "reason": reason}
+            self.state = State.CLOSED
+            self._wake()
+
+    def _wake(self) -> None:
+        waiting = self._waiting
+        if waiting is not None and not waiting.done():
+            waiting.set_result(None)
+
+    # The ASGI side --------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        try:
+            await self.app(self.scope, self.receive, self.send)
+        except asyncio.CancelledError:
+            self._finish(1012 if self.state is State.CONNECTED else 1001)
+            raise
+        except ClientDisconnected:
+            pass
+        except ProtocolViolation as exc:
+            logger.error("ASGI protocol violation on WebSocket %s: %s", self.scope["path"], exc)
+            self._finish(1011)
+        except BaseException as exc:
+            logger.error(
+                "Exception in ASGI application on WebSocket %s", self.scope["path"], exc_info=exc
+            )
+            self._finish(1011)
+        else:
+            if self.state is State.CONNECTING:
+                logger.error(
+                    "ASGI application returned without accepting WebSocket %s", self.scope["path"]
+                )
+            self._finish(1000)
+
+    def _finish(self, code: int) -> None:
+        """End the session after the app stopped: deny, or close with ``code``."""
+        if self.state is State.CONNECTING:
+            self._deny(500 if code == 1011 else 403)
+        elif self.state is State.CONNECTED:
+            self.state = State.CLOSED
+            self.responder.close(code, "")
+        elif self.state is State.RESPONDING:
+            self.state = State.CLOSED
+            self.responder.deny(0, [], b"", end=True)
+
+    def _deny(self, status: int) -> None:
+        self.state = State.CLOSED
+        body = b"Forbidden" if status == 403 else b"Internal Server Error"
+        headers = [*_DENIED, (b"content-length", str(len(body)).encode())]
+        self.responder.deny(status, headers, body, end=True)
+
+    async def receive(self) -> Message:
+        while True:
+            if self._incoming:
+                return self._incoming.popleft()
+            if self._disconnected is not None:
+                return self._disconnected
+            self._waiting = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiting
+            finally:
+                self._waiting = None
+
+    async def send(self, message: Message) -> None:
+        kind = message.get("type")
+        state = self.state
+        if state is State.CONNECTED:
+            if kind == "websocket.send":
+                text, data = message.get("text"), message.get("bytes")
+                if (text is None) == (data is None):
+                    raise ProtocolViolation("websocket.send needs exactly one of 'text', 'bytes'")
+                payload = text if text is not None else data
+                if not isinstance(payload, (str, bytes)):
+                    raise ProtocolViolation("websocket.send 'text'/'bytes' have the wrong type")
+                await self.responder.send_message(payload)
+                return
+            if kind == "websocket.close":
+                self.state = State.CLOSED
+                code = message.get("code", 1000)
+                reason = message.get("reason") or ""
+                if not isinstance(code, int) or not _valid_close_code(code):
+                    raise ProtocolViolation(f"websocket.close code {code!r} is not allowed")
+                self.responder.close(code, reason)
+                return
+            raise ProtocolViolation(f"{kind!r} is not allowed on an open WebSocket")
+        if state is State.CONNECTING:
+            if kind == "websocket.accept":
+                headers = _headers(message.get("headers", ()))
+                subprotocol = message.get("subprotocol")
+                if subprotocol is not None and subprotocol not in self.scope["subprotocols"]:
+                    logger.warning("subprotocol %r was not offered by the client", subprotocol)
+                self.state = State.CONNECTED
+                self.responder.accept(subprotocol, headers)
+                return
+            if kind == "websocket.close":
+                self._deny(403)
+                return
+            if kind == "websocket.http.response.start":
+                status = message.get("status")
+                if not isinstance(status, int) or not 100 <= status <= 999:
+                    raise ProtocolViolation(f"denial response status {status!r} is not valid")
+                self.state = State.RESPONDING
+                self.responder.deny(status, _headers(message.get("headers", ())), b"", end=False)
+                return
+            raise ProtocolViolation(
+                f"expected 'websocket.accept' or 'websocket.close', got {kind!r}"
+            )
+        if state is State.RESPONDING and kind == "websocket.http.response.body":
+            more = bool(message.get("more_body", False))
+            if not more:
+                self.state = State.CLOSED
+            self.responder.deny(0, [], bytes(message.get("body", b"")), end=not more)
+            return
+        if self._disconnected is not None:
+            raise ClientDisconnected(f"WebSocket closed before {kind!r} could be sent")
+        raise ProtocolViolation(f"{kind!r} is not allowed after the WebSocket was closed")
+
+
+def _headers(pairs: object) -> list[tuple[bytes, bytes]]:
+    headers: list[tuple[bytes, bytes]] = []
+    for pair in pairs:  # type: ignore[attr-defined]
+        try:
+            name, value = pair
+        except (TypeError, ValueError):
+            raise ProtocolViolation(f"header {pair!r} is not a pair") from None
+        if not isinstance(name, bytes) or not isinstance(value, bytes):
+            raise ProtocolViolation(f"header {pair!r} must be a pair of bytes")
+        if b"\r" in value or b"\n" in value:
+            raise ProtocolViolation(f"header {name!r} holds CR or LF")
+        headers.append((name, value))
+    return headers
+
+
+def _valid_close_code(code: int) -> bool:
+    """RFC 6455 §7.4: codes an endpoint may send."""
+    return code in (1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014) or (
+        3000 <= code <= 4999
+    )
