@@ -50,7 +50,7 @@ class HTTP1Connection(asyncio.Protocol):
         self.app = app
         self.state = state
         self.loop = asyncio.get_event_loop()
-        self.h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=config.limit_request_head)
+        self.h11 = self._new_h11()
         self.transport: asyncio.Transport | None = None
         self.stream: HTTPStream | None = None
         self.websocket: WebSocketHandler | None = None
@@ -58,7 +58,7 @@ class HTTP1Connection(asyncio.Protocol):
         self.server: tuple[str, int | None] | None = None
         self.scheme = "http"
         self._timer: asyncio.TimerHandle | None = None
-        self._awaiting_head = True
+        self._awaiting_head = True  # no byte of the next request has arrived yet
         self._read_paused = False
         self._write_paused = False
         self._drain_waiters: list[asyncio.Future[None]] = []
@@ -109,11 +109,18 @@ class HTTP1Connection(asyncio.Protocol):
         if self.websocket is not None:
             self.websocket.data_received(data)
             return
-        if self._awaiting_head and self.stream is None and self._timer is not None:
+        if self._awaiting_head:
+            # RFC 9112 §2.2: ignore empty lines before a request line (some clients send a CRLF
+            # after a body); h11 would answer them with a 400.
+            data = data.lstrip(b"\r\n")
+            if not data:
+                return
             # Bytes of a new head have begun to arrive: the keep-alive wait is over and the
             # head has ``timeout_request_headers`` to complete.
             self._set_timer(self.config.timeout_request_headers, self._on_head_timeout)
             self._awaiting_head = False
+        if self.h11.their_state is h11.MUST_CLOSE:
+            return  # see _handle_events; not buffered either
         self.h11.receive_data(data)
         self._handle_events()
 
@@ -125,13 +132,23 @@ class HTTP1Connection(asyncio.Protocol):
 
     # Reading requests -------------------------------------------------------------------------
 
+    def _new_h11(self) -> h11.Connection:
+        return h11.Connection(h11.SERVER, max_incomplete_event_size=self.config.limit_request_head)
+
     def _handle_events(self) -> None:
         conn = self.h11
         while self.transport is not None and not self.transport.is_closing():
+            if conn.their_state is h11.MUST_CLOSE:
+                # The request was the client's last (Connection: close, HTTP/1.0): bytes after
+                # it are ignored, not answered with a 400 that would replace its response.
+                return
             try:
                 event = conn.next_event()
             except h11.RemoteProtocolError as exc:
-                self._reject(exc.error_status_hint, str(exc))
+                # h11's text quotes the client's bytes as Python reprs and depends on how they
+                # were split: it goes to the log, the client gets the status alone.
+                logger.debug("bad request from %s: %s", self.client, exc)
+                self._reject(exc.error_status_hint, "")
                 return
             if event is h11.NEED_DATA:
                 return
@@ -141,7 +158,8 @@ class HTTP1Connection(asyncio.Protocol):
                 return
             kind = type(event)
             if kind is h11.Data:
-                self._on_body(event.data)  # type: ignore[union-attr]
+                # h11 hands out bytearray slices of its buffer; ASGI promises ``bytes``.
+                self._on_body(bytes(event.data))  # type: ignore[union-attr]
             elif kind is h11.EndOfMessage:
                 if self.stream is not None:
                     self.stream.feed_body(b"", more=False)
@@ -172,6 +190,14 @@ class HTTP1Connection(asyncio.Protocol):
         self._cancel_timer()
         self._body_received = 0
         headers = request.headers
+        # h11's max_incomplete_event_size only bounds a head still being received: one that
+        # arrives whole in a single read is parsed whatever its size. Measure it here, so the
+        # answer does not depend on how the bytes were split.
+        head_size = len(request.method) + len(request.target) + 12  # "M T HTTP/1.1\r\n" "\r\n"
+        head_size += sum(len(name) + len(value) + 4 for name, value in headers)
+        if head_size > self.config.limit_request_head:
+            self._reject(431, f"request head over {self.config.limit_request_head} bytes")
+            return
         has_length = False
         chunked = False
         upgrade = b""
@@ -304,7 +330,8 @@ class HTTP1Connection(asyncio.Protocol):
 
     def _reject(self, status: int, detail: str) -> None:
         """Answer a request we will not serve with ``status``, then close."""
-        self.state.counters.bad_requests += 1
+        if status != 503:  # overload is counted in rejected_overload: the request was fine
+            self.state.counters.bad_requests += 1
         transport = self.transport
         if transport is None or transport.is_closing():
             return
@@ -348,9 +375,13 @@ class HTTP1Connection(asyncio.Protocol):
         transport = self.transport
         if transport is None or transport.is_closing():
             return
-        data = self.h11.send(h11.Data(data=body)) if body else b""
-        if end:
-            data += self.h11.send(h11.EndOfMessage())
+        try:
+            data = self.h11.send(h11.Data(data=body)) if body else b""
+            if end:
+                data += self.h11.send(h11.EndOfMessage())
+        except h11.LocalProtocolError as exc:  # e.g. more or less body than Content-Length
+            transport.close()
+            raise ProtocolViolation(f"response body refused: {exc}") from exc
         if data:
             transport.write(data)
         if end:
@@ -365,11 +396,22 @@ class HTTP1Connection(asyncio.Protocol):
             return
         conn.start_next_cycle()
         self.stream = None
-        self._awaiting_head = True
-        self._set_timer(self.config.timeout_keep_alive, self._on_keep_alive_timeout)
+        trailing = conn.trailing_data[0]
+        if trailing[:1] in (b"\r", b"\n"):
+            # Empty lines before a pipelined request (see data_received): h11 cannot drop bytes
+            # it holds, so a fresh h11 connection takes what follows them.
+            self.h11 = conn = self._new_h11()
+            trailing = trailing.lstrip(b"\r\n")
+            if trailing:
+                conn.receive_data(trailing)
+        self._awaiting_head = not trailing
+        if trailing:  # a pipelined request is already (partly) here
+            self._set_timer(self.config.timeout_request_headers, self._on_head_timeout)
+        else:
+            self._set_timer(self.config.timeout_keep_alive, self._on_keep_alive_timeout)
         self.resume_reading()
-        if conn.trailing_data[0]:
-            self._handle_events()  # a pipelined request is already here
+        if trailing:
+            self._handle_events()
 
     async def drain(self) -> None:
         if self._write_paused and self.transport is not None and not self.transport.is_closing():
@@ -399,8 +441,9 @@ class HTTP1Connection(asyncio.Protocol):
             self.transport.close()
 
     def abort(self) -> None:
+        """Drop the connection now: close() would wait on a client that does not read."""
         if self.transport is not None:
-            self.transport.close()
+            self.transport.abort()
 
     # Timers -----------------------------------------------------------------------------------
 

@@ -1,9 +1,13 @@
 """WebSocket framing on a socket that an HTTP/1.1 upgrade handed over (wsproto).
 
 Carries one :class:`~gateway.streams.websocket.WebSocketStream`: completes or denies the
-handshake, reassembles fragmented messages up to the size limit (1009 beyond it), answers
-pings, pings an idle client (closing 1011 when it stops answering), and bounds what is queued
-for a client that does not read (1008 after ``websocket_write_timeout``).
+handshake, reassembles fragmented messages up to the size limit (1009 beyond it, checked while
+inflating too, so a small deflated frame cannot expand in memory), answers pings, pings an idle
+client (closing 1011 when it stops answering), answers a frame it cannot parse with the Close
+code wsproto names (1002, 1007, ...), and bounds what is queued for a client that does not
+read: past ``websocket_write_buffer`` for ``websocket_write_timeout`` the socket is dropped
+(the app sees 1008). A Close frame that cannot be delivered within ``CLOSE_TIMEOUT`` (the
+client stopped reading) does not keep the socket open either.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import zlib
 from collections.abc import Callable
 from http import HTTPStatus
 from typing import Any
@@ -26,15 +31,43 @@ from wsproto.events import (
     TextMessage,
 )
 from wsproto.extensions import Extension, PerMessageDeflate
+from wsproto.frame_protocol import CloseReason, FrameDecoder, FrameProtocol
 from wsproto.utilities import LocalProtocolError, generate_accept_token
 
 from ..config import Config
 from ..state import ServerState
+from ..streams.http import ClientDisconnected
 from ..streams.websocket import WebSocketStream
 
 logger = logging.getLogger("gateway.error")
 
 CLOSE_TIMEOUT = 5.0  # seconds we wait for the client's half of the closing handshake
+
+
+class BoundedDeflate(PerMessageDeflate):
+    """permessage-deflate that inflates at most ``max_size + 1`` bytes per piece of a frame.
+
+    wsproto inflates without a bound, so a frame of a few kilobytes could grow to gigabytes
+    before the message size check saw it. Beyond the bound the frame fails with 1009.
+    """
+
+    def __init__(self, max_size: int) -> None:
+        super().__init__()
+        self.max_size = max_size
+
+    def frame_inbound_payload_data(
+        self, proto: FrameDecoder | FrameProtocol, data: bytes
+    ) -> bytes | CloseReason:
+        if not self._inbound_compressed or not self._inbound_is_compressible:
+            return data
+        assert self._decompressor is not None
+        try:
+            inflated = self._decompressor.decompress(bytes(data), self.max_size + 1)
+        except zlib.error:
+            return CloseReason.INVALID_FRAME_PAYLOAD_DATA
+        if self._decompressor.unconsumed_tail:
+            return CloseReason.MESSAGE_TOO_BIG
+        return inflated
 
 
 class WebSocketHandler:
@@ -64,10 +97,13 @@ class WebSocketHandler:
         self._pong_deadline: asyncio.TimerHandle | None = None
         self._close_timer: asyncio.TimerHandle | None = None
         self.closed = False
+        self.paused = False  # reading paused: the app is behind
 
     # Handshake --------------------------------------------------------------------------------
 
     def accept(self, subprotocol: str | None, headers: list[tuple[bytes, bytes]]) -> None:
+        if self.closed or self.ws is not None or self.transport.is_closing():
+            raise ClientDisconnected("WebSocket closed before the handshake completed")
         key = _header(self.request, b"sec-websocket-key") or b""
         response = [
             (b"upgrade", b"websocket"),
@@ -75,25 +111,26 @@ class WebSocketHandler:
             (b"sec-websocket-accept", generate_accept_token(key)),
         ]
         extensions: list[Extension] = []
-        offer = _header(self.request, b"sec-websocket-extensions")
-        if offer and self.config.websocket_per_message_deflate:
-            deflate = PerMessageDeflate()
-            for candidate in offer.decode("latin-1").split(","):
-                if candidate.strip().startswith("permessage-deflate"):
-                    accepted = deflate.accept(candidate.strip())
-                    if accepted:
-                        value = deflate.name
-                        if isinstance(accepted, str) and accepted:
-                            value += "; " + accepted
-                        response.append((b"sec-websocket-extensions", value.encode()))
-                        extensions.append(deflate)
-                    break
+        offers = b", ".join(
+            value for name, value in self.request.headers if name == b"sec-websocket-extensions"
+        )
+        if offers and self.config.websocket_per_message_deflate:
+            negotiated = self._negotiate_deflate(offers.decode("latin-1"))
+            if negotiated is not None:
+                extensions.append(negotiated[0])
+                response.append((b"sec-websocket-extensions", negotiated[1]))
         if subprotocol:
             response.append((b"sec-websocket-protocol", subprotocol.encode()))
+        names = {name.lower() for name, _ in headers}
+        response.extend(pair for pair in self.state.default_headers() if pair[0] not in names)
         response.extend(headers)
         head = [b"HTTP/1.1 101 Switching Protocols\r\n"]
         head.extend(b"%s: %s\r\n" % (name, value) for name, value in response)
         head.append(b"\r\n")
+        # Bound what the transport queues for a client that does not read: writes pause past
+        # the limit, and ``send_message`` waits (up to the write timeout) for it to drain.
+        limit = self.config.websocket_write_buffer
+        self.transport.set_write_buffer_limits(high=limit, low=limit // 4)
         self.transport.write(b"".join(head))
         self.ws = Connection(ConnectionType.SERVER, extensions)
         self.state.counters.websockets += 1
@@ -101,6 +138,24 @@ class WebSocketHandler:
         if self._pending:
             pending, self._pending = self._pending, b""
             self.data_received(pending)
+
+    def _negotiate_deflate(self, offers: str) -> tuple[PerMessageDeflate, bytes] | None:
+        """The extension and our Sec-WebSocket-Extensions answer for the first usable offer."""
+        for offer in offers.split(","):
+            offer = offer.strip()
+            if offer.split(";", 1)[0].strip() != PerMessageDeflate.name:
+                continue
+            deflate = BoundedDeflate(self.config.websocket_max_message_size)
+            try:
+                accepted = deflate.accept(offer)
+            except ValueError:  # a malformed parameter: decline this offer
+                continue
+            if accepted is None or accepted is False:
+                continue
+            if isinstance(accepted, str) and accepted:
+                return deflate, f"{deflate.name}; {accepted}".encode()
+            return deflate, deflate.name.encode()
+        return None
 
     def deny(self, status: int, headers: list[tuple[bytes, bytes]], body: bytes, end: bool) -> None:
         """An HTTP response instead of the upgrade (h11 still owns the connection)."""
@@ -131,6 +186,8 @@ class WebSocketHandler:
                 return
             self._pending += data
             return
+        if ws.state is ConnectionState.CLOSED:
+            return
         ws.receive_data(data)
         for event in ws.events():
             if isinstance(event, Message):
@@ -144,8 +201,12 @@ class WebSocketHandler:
                 return
 
     def _on_message(self, event: Message[Any]) -> None:
+        if self.ws is None or self.ws.state is not ConnectionState.OPEN:
+            return  # we sent our Close (1009 perhaps): what follows is discarded
         part = event.data
-        self._size += len(part)
+        # The limit is in bytes; for text only non-ASCII needs encoding to count them.
+        ascii_or_bytes = isinstance(part, bytes | bytearray) or part.isascii()
+        self._size += len(part) if ascii_or_bytes else len(part.encode("utf-8"))
         if self._size > self.config.websocket_max_message_size:
             self._parts.clear()
             self._size = 0
@@ -167,7 +228,9 @@ class WebSocketHandler:
     def _on_close(self, event: CloseConnection) -> None:
         ws = self.ws
         assert ws is not None
-        if ws.state is ConnectionState.REMOTE_CLOSING:
+        # REMOTE_CLOSING: the client's Close, which we echo. OPEN: wsproto could not parse a
+        # frame (bad UTF-8, protocol error, too big) and names the code we must close with.
+        if ws.state in (ConnectionState.REMOTE_CLOSING, ConnectionState.OPEN):
             self._write(event.response())
         self._gone(event.code, event.reason or "")
         self._finish()
@@ -187,14 +250,22 @@ class WebSocketHandler:
         self.closed = True
         self._cancel_timers()
         self.transport.close()
+        if self.transport.get_write_buffer_size():
+            # close() waits for the buffer to flush, which a client that does not read never
+            # lets happen: drop the socket if it has not gone by then.
+            loop = asyncio.get_running_loop()
+            self._close_timer = loop.call_later(CLOSE_TIMEOUT, self.transport.abort)
+
+    def _abort(self) -> None:
+        self.closed = True
+        self._cancel_timers()
+        self.transport.abort()
 
     # The responder side ------------------------------------------------------------------------
 
     async def send_message(self, data: str | bytes) -> None:
         ws = self.ws
         if ws is None or ws.state is not ConnectionState.OPEN or self.transport.is_closing():
-            from ..streams.http import ClientDisconnected
-
             raise ClientDisconnected("WebSocket is closed")
         self.transport.write(
             ws.send(TextMessage(data=data) if isinstance(data, str) else BytesMessage(data=data))
@@ -203,35 +274,42 @@ class WebSocketHandler:
             try:
                 await asyncio.wait_for(self._drain(), self.config.websocket_write_timeout)
             except TimeoutError:
-                self.state.counters.slow_clients_closed += 1
-                logger.warning(
-                    "closing WebSocket %s: the client read nothing for %.0f s with %d bytes queued",
-                    self.request.target.decode("latin-1"),
-                    self.config.websocket_write_timeout,
-                    self.transport.get_write_buffer_size(),
-                )
-                self._gone(1008, "client too slow")
-                self.transport.abort()
-                self.closed = True
-                self._cancel_timers()
+                if not self.closed:
+                    self.state.counters.slow_clients_closed += 1
+                    logger.warning(
+                        "closing WebSocket %s: the client read too little for %g s "
+                        "with %d bytes queued",
+                        self.request.target.decode("latin-1"),
+                        self.config.websocket_write_timeout,
+                        self.transport.get_write_buffer_size(),
+                    )
+                    self._gone(1008, "client too slow")
+                    self._abort()  # no Close frame: it could not get through the full buffer
+                raise ClientDisconnected("WebSocket client too slow: closed") from None
 
     def close(self, code: int, reason: str) -> None:
         ws = self.ws
-        if ws is None:
+        if ws is None:  # no handshake yet (or a denial cut short): drop the connection
+            if not self.closed:
+                self._abort()
             return
         if ws.state is ConnectionState.OPEN:
             self._write(CloseConnection(code=code, reason=reason or None))
+            # No answering Close in time (or ours is stuck behind a client that does not read):
+            # drop the socket.
             loop = asyncio.get_running_loop()
-            self._close_timer = loop.call_later(CLOSE_TIMEOUT, self._finish)
+            self._close_timer = loop.call_later(CLOSE_TIMEOUT, self._abort)
         elif ws.state is not ConnectionState.CLOSED:
             self._finish()
 
     def shutdown(self, restart: bool) -> None:
         """Server going away: 1012 for a restart, 1001 otherwise."""
-        if self.ws is None:
-            self.deny(503, [(b"content-length", b"0"), (b"connection", b"close")], b"", end=True)
-            return
         code = 1012 if restart else 1001
+        if self.ws is None:
+            if self.h11.our_state is h11.SEND_RESPONSE:  # else the app's denial is under way
+                self._gone(code)  # the app's accept now fails; it sees the disconnect
+                self.deny(503, [(b"content-length", b"0"), (b"connection", b"close")], b"", True)
+            return
         self.close(code, "server restart" if restart else "server shutting down")
         self._gone(code)
 
@@ -239,6 +317,18 @@ class WebSocketHandler:
         self.closed = True
         self._cancel_timers()
         self._gone(1006)
+
+    def pause_reading(self) -> None:
+        if not self.paused:
+            self.paused = True
+            if not self.transport.is_closing():
+                self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self.paused:
+            self.paused = False
+            if not self.transport.is_closing():
+                self.transport.resume_reading()
 
     # Keep-alive -------------------------------------------------------------------------------
 
@@ -248,6 +338,9 @@ class WebSocketHandler:
             self._ping_timer = loop.call_later(self.config.ping_interval, self._ping)
 
     def _ping(self) -> None:
+        self._ping_timer = None
+        if self.closed:
+            return
         self._write(Ping(payload=b"roomcast"))
         if self._pong_deadline is None and self.config.ping_timeout > 0:
             loop = asyncio.get_running_loop()
@@ -260,6 +353,7 @@ class WebSocketHandler:
             self._pong_deadline = None
 
     def _no_pong(self) -> None:
+        self._pong_deadline = None
         logger.info("closing WebSocket %s: no pong within the ping timeout", self.request.target)
         self._gone(1011, "keepalive ping timeout")
         self.close(1011, "keepalive ping timeout")

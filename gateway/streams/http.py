@@ -82,6 +82,9 @@ class HTTPStream:
         self._headers: list[tuple[bytes, bytes]] | None = None
         self.response_started = False
         self.response_complete = False
+        # The head is held back until the first body message; until it goes out, a fault can
+        # still become a clean 500.
+        self._head_sent = False
         self._sent_bytes = 0
         self._started_at = time.perf_counter()
         # Called once, when the app first waits for body: HTTP/1.1 sends 100 Continue then.
@@ -123,7 +126,7 @@ class HTTPStream:
             self.responder.abort()
         except ProtocolViolation as exc:
             logger.error("ASGI protocol violation on %s: %s", self._where(), exc)
-            self.responder.abort()
+            self._fail()  # a 500 if nothing went out yet, else the connection is closed
         except BaseException as exc:
             logger.error("Exception in ASGI application on %s", self._where(), exc_info=exc)
             self._fail()
@@ -134,7 +137,7 @@ class HTTPStream:
                         "ASGI application returned before completing the response on %s",
                         self._where(),
                     )
-                    self.responder.abort()
+                    self._fail()
                 elif not self._disconnected:
                     logger.error(
                         "ASGI application returned without a response on %s", self._where()
@@ -144,10 +147,12 @@ class HTTPStream:
             self._log()
 
     def _fail(self) -> None:
-        if self.response_started or self._disconnected:
+        if self._head_sent or self._disconnected:
             self.responder.abort()
             return
+        self._headers = None
         self.response_started = self.response_complete = True
+        self._head_sent = True
         self._status = 500
         self.responder.send_response(500, list(_ERROR_HEADERS), _ERROR_BODY, end=True)
         self._sent_bytes = len(_ERROR_BODY)
@@ -186,6 +191,11 @@ class HTTPStream:
             if first is not None:
                 self.on_first_receive = None
                 first()
+            if self._body_complete:
+                # The connection may have paused reading (a pipelined request waits its turn);
+                # read on so that a client going away reaches this waiting app. Reading pauses
+                # again on the next bytes, so a pipelining client cannot make us buffer much.
+                self.responder.resume_reading()
             self._waiting = asyncio.get_running_loop().create_future()
             try:
                 await self._waiting
@@ -219,6 +229,7 @@ class HTTPStream:
         headers = self._headers
         if headers is not None:
             self._headers = None
+            self._head_sent = True
             self.responder.send_response(self._status, headers, body, end=not more)
         else:
             self.responder.send_body(body, end=not more)

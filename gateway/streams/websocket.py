@@ -29,10 +29,16 @@ class WebSocketResponder(Protocol):
         """Send one message; waits (bounded) while the client is not reading."""
 
     def close(self, code: int, reason: str) -> None:
-        """Start the closing handshake."""
+        """Start the closing handshake; before the handshake completed, drop the connection."""
 
     def deny(self, status: int, headers: list[tuple[bytes, bytes]], body: bytes, end: bool) -> None:
         """Refuse the handshake with an HTTP response (``body`` parts follow until ``end``)."""
+
+    def pause_reading(self) -> None:
+        """Stop reading frames: the app is behind."""
+
+    def resume_reading(self) -> None:
+        """The app caught up; read on."""
 
 
 class State(Enum):
@@ -41,6 +47,11 @@ class State(Enum):
     RESPONDING = 3  # sending an HTTP denial response
     CLOSED = 4
 
+
+# Received messages queued for the app before the carrier stops reading from the client. Each
+# message also costs its dict: MESSAGE_COST keeps a flood of tiny messages bounded too.
+QUEUE_HIGH_WATER = 512 * 1024
+MESSAGE_COST = 256
 
 _DENIED = [(b"content-type", b"text/plain; charset=utf-8"), (b"connection", b"close")]
 
@@ -56,6 +67,8 @@ class WebSocketStream:
         self._incoming: deque[Message] = deque([{"type": "websocket.connect"}])
         self._waiting: asyncio.Future[None] | None = None
         self._disconnected: Message | None = None
+        self.queued_bytes = 0  # what ``_incoming`` holds, for read backpressure
+        self._reading_paused = False
 
     # Fed by the connection ----------------------------------------------------------------
 
@@ -64,6 +77,10 @@ class WebSocketStream:
             self._incoming.append({"type": "websocket.receive", "text": data})
         else:
             self._incoming.append({"type": "websocket.receive", "bytes": data})
+        self.queued_bytes += len(data) + MESSAGE_COST
+        if self.queued_bytes > QUEUE_HIGH_WATER and not self._reading_paused:
+            self._reading_paused = True
+            self.responder.pause_reading()
         self._wake()
 
     def feed_disconnect(self, code: int, reason: str = "") -> None:
@@ -83,7 +100,7 @@ class WebSocketStream:
         try:
             await self.app(self.scope, self.receive, self.send)
         except asyncio.CancelledError:
-            self._finish(1012 if self.state is State.CONNECTED else 1001)
+            self._finish(1001)  # the server is going away
             raise
         except ClientDisconnected:
             pass
@@ -105,24 +122,35 @@ class WebSocketStream:
     def _finish(self, code: int) -> None:
         """End the session after the app stopped: deny, or close with ``code``."""
         if self.state is State.CONNECTING:
-            self._deny(500 if code == 1011 else 403)
+            self._deny({1011: 500, 1001: 503}.get(code, 403))
         elif self.state is State.CONNECTED:
             self.state = State.CLOSED
             self.responder.close(code, "")
         elif self.state is State.RESPONDING:
+            # The app stopped half-way through its denial response: completing it would pass
+            # a truncated body off as whole, so the connection is dropped instead.
             self.state = State.CLOSED
-            self.responder.deny(0, [], b"", end=True)
+            self.responder.close(code, "")
 
     def _deny(self, status: int) -> None:
         self.state = State.CLOSED
-        body = b"Forbidden" if status == 403 else b"Internal Server Error"
+        body = {403: b"Forbidden", 503: b"Service Unavailable"}.get(
+            status, b"Internal Server Error"
+        )
         headers = [*_DENIED, (b"content-length", str(len(body)).encode())]
         self.responder.deny(status, headers, body, end=True)
 
     async def receive(self) -> Message:
         while True:
             if self._incoming:
-                return self._incoming.popleft()
+                message = self._incoming.popleft()
+                if message["type"] == "websocket.receive":
+                    data = message.get("text") or message.get("bytes") or b""
+                    self.queued_bytes -= len(data) + MESSAGE_COST
+                    if self._reading_paused and self.queued_bytes <= QUEUE_HIGH_WATER // 2:
+                        self._reading_paused = False
+                        self.responder.resume_reading()
+                return message
             if self._disconnected is not None:
                 return self._disconnected
             self._waiting = asyncio.get_running_loop().create_future()
@@ -145,11 +173,13 @@ class WebSocketStream:
                 await self.responder.send_message(payload)
                 return
             if kind == "websocket.close":
-                self.state = State.CLOSED
                 code = message.get("code", 1000)
                 reason = message.get("reason") or ""
                 if not isinstance(code, int) or not _valid_close_code(code):
                     raise ProtocolViolation(f"websocket.close code {code!r} is not allowed")
+                if not isinstance(reason, str):
+                    raise ProtocolViolation(f"websocket.close reason {reason!r} is not a str")
+                self.state = State.CLOSED
                 self.responder.close(code, reason)
                 return
             raise ProtocolViolation(f"{kind!r} is not allowed on an open WebSocket")
@@ -157,6 +187,8 @@ class WebSocketStream:
             if kind == "websocket.accept":
                 headers = _headers(message.get("headers", ()))
                 subprotocol = message.get("subprotocol")
+                if subprotocol is not None and not isinstance(subprotocol, str):
+                    raise ProtocolViolation(f"subprotocol {subprotocol!r} is not a str")
                 if subprotocol is not None and subprotocol not in self.scope["subprotocols"]:
                     logger.warning("subprotocol %r was not offered by the client", subprotocol)
                 self.state = State.CONNECTED
@@ -195,7 +227,7 @@ def _headers(pairs: object) -> list[tuple[bytes, bytes]]:
             raise ProtocolViolation(f"header {pair!r} is not a pair") from None
         if not isinstance(name, bytes) or not isinstance(value, bytes):
             raise ProtocolViolation(f"header {pair!r} must be a pair of bytes")
-        if b"\r" in value or b"\n" in value:
+        if b"\r" in value or b"\n" in value or b"\r" in name or b"\n" in name:
             raise ProtocolViolation(f"header {name!r} holds CR or LF")
         headers.append((name, value))
     return headers

@@ -1,0 +1,1 @@
+"""A minimal Django project served by the gateway in a subprocess (see ``serve.py``)."""
