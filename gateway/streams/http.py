@@ -17,7 +17,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from ..config import ASGIApp, Message, Scope
-from ..logging import log_access
+from ..logging import access_logger, log_access
 
 logger = logging.getLogger("gateway.error")
 
@@ -161,12 +161,17 @@ class HTTPStream:
         return f"{self.scope['method']} {self.scope['path']}"
 
     def _log(self) -> None:
-        client = self.scope.get("client")
+        if not access_logger.isEnabledFor(logging.INFO):
+            return  # the common case: build nothing per request
+        scope = self.scope
+        target = scope["raw_path"] + (
+            b"?" + scope["query_string"] if scope["query_string"] else b""
+        )
         log_access(
-            client,
-            self.scope["method"],
-            self.scope["raw_path"].decode("latin-1") if self.scope.get("raw_path") else "",
-            self.scope["http_version"],
+            scope.get("client"),
+            scope["method"],
+            target.decode("latin-1"),
+            scope["http_version"],
             self._status,
             self._sent_bytes,
             time.perf_counter() - self._started_at,

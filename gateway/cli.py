@@ -1,0 +1,446 @@
+"""The ``gateway`` command: parse flags (and GATEWAY_* variables) into a Config, then serve.
+
+Flag names follow Daphne's where they exist, so ``daphne`` can be swapped for ``gateway`` in a
+Procfile. User mistakes (bad app path, port in use, bad TLS file, failed start-up) end with
+one ``gateway: error: ...`` line on stderr and a non-zero status, never a traceback; an
+application module that raises while it is imported keeps its traceback (the user needs it).
+
+Exit status: 0 after a clean (signalled) shutdown, 1 for a configuration or bind error or
+workers that keep dying, 2 for a usage error, 3 when the application's start-up failed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
+
+import click
+from click.core import ParameterSource
+
+from gateway.config import Config, ConfigError
+from gateway.lifespan import LifespanFailure
+
+EXIT_CONFIG = 1
+EXIT_STARTUP = 3
+ENV_PREFIX = "GATEWAY"
+
+_DEFAULTS: dict[str, Any] = {
+    f.name: f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+    for f in dataclasses.fields(Config)
+    if f.name != "app"
+}
+
+GROUPS = (
+    "Where to listen",
+    "TLS",
+    "Application",
+    "Proxies and headers",
+    "HTTP timeouts and limits",
+    "WebSocket",
+    "Logging",
+    "Other",
+)
+
+
+if TYPE_CHECKING:  # click 8.3+ types ParamType as generic; older clicks cannot subscript it
+    _ParamType = click.ParamType[Any]
+else:
+    _ParamType = click.ParamType
+
+
+class Number(_ParamType):
+    """An int or float within bounds; unlike click's ranges it keeps ``--help`` uncluttered."""
+
+    def __init__(
+        self, kind: type[int] | type[float], minimum: float = 0, maximum: float | None = None
+    ) -> None:
+        self.kind = kind
+        self.minimum = minimum
+        self.maximum = maximum
+        self.name = kind.__name__
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        try:
+            number = self.kind(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not a valid {self.name}", param, ctx)
+        if number < self.minimum or (self.maximum is not None and number > self.maximum):
+            bounds = (
+                f"from {self.minimum:g} to {self.maximum:g}"
+                if self.maximum is not None
+                else (f"at least {self.minimum:g}")
+            )
+            self.fail(f"{value!r} is out of range: must be {bounds}", param, ctx)
+        return number
+
+
+SECONDS = Number(float)
+BYTES = Number(int, 1)
+COUNT = Number(int, 1)
+HELP_COLUMN = 36  # widest option column; wider options put their help on the next line
+
+
+class _Option(click.Option):
+    """A click option that knows which section of ``--help`` it belongs to."""
+
+    def __init__(self, *args: Any, group: str = "Other", **kwargs: Any) -> None:
+        kwargs.setdefault("show_envvar", True)
+        super().__init__(*args, **kwargs)
+        self.group = group
+
+
+class _Command(click.Command):
+    """Prints options in sections, in the order of GROUPS, aligned across sections."""
+
+    def format_options(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        sections: dict[str, list[tuple[str, str]]] = {title: [] for title in GROUPS}
+        for param in self.get_params(ctx):
+            record = param.get_help_record(ctx)
+            if record is not None:
+                sections[getattr(param, "group", "Other")].append(record)
+        rows = [row for section in sections.values() for row in section]
+        width = min(HELP_COLUMN, max(len(name) for name, _ in rows))
+        for title, section in sections.items():
+            if section:
+                with formatter.section(title):
+                    formatter.write_dl(
+                        [(name.ljust(width), text) for name, text in section], col_max=width
+                    )
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def option(*decls: str, group: str, **kwargs: Any) -> Callable[[F], F]:
+    return click.option(*decls, cls=_Option, group=group, **kwargs)
+
+
+LISTEN, TLS, APP, PROXY, HTTP, WS, LOG = GROUPS[:7]
+
+
+@click.command(
+    cls=_Command,
+    context_settings={
+        "auto_envvar_prefix": ENV_PREFIX,
+        "show_default": True,
+        "max_content_width": 100,
+        "help_option_names": ["-h", "--help"],
+    },
+)
+@click.argument("app", envvar=f"{ENV_PREFIX}_APP", metavar="APP")
+@option(
+    "-b",
+    "--bind",
+    group=LISTEN,
+    default=_DEFAULTS["host"],
+    metavar="HOST",
+    help="Address to listen on; IPv6 as ::1 or [::1].",
+)
+@option(
+    "-p",
+    "--port",
+    group=LISTEN,
+    type=Number(int, 0, 65535),
+    default=_DEFAULTS["port"],
+    metavar="PORT",
+    help="TCP port to listen on.",
+)
+@option(
+    "-u",
+    "--unix-socket",
+    group=LISTEN,
+    metavar="PATH",
+    help="Listen on this unix socket instead of a TCP port.",
+)
+@option(
+    "--fd",
+    group=LISTEN,
+    type=Number(int),
+    metavar="FD",
+    help="Serve an already-listening socket inherited as this file descriptor.",
+)
+@option(
+    "--workers",
+    group=LISTEN,
+    type=COUNT,
+    default=_DEFAULTS["workers"],
+    metavar="N",
+    help="Worker processes sharing the socket; a worker that dies is replaced.",
+)
+@option(
+    "--backlog",
+    group=LISTEN,
+    type=COUNT,
+    default=_DEFAULTS["backlog"],
+    metavar="N",
+    help="Connections the kernel queues before we accept them.",
+)
+@option("--ssl-certfile", group=TLS, metavar="PATH", help="Certificate chain (PEM): serve HTTPS.")
+@option("--ssl-keyfile", group=TLS, metavar="PATH", help="Private key (PEM) for --ssl-certfile.")
+@option(
+    "--ssl-keyfile-password",
+    group=TLS,
+    metavar="TEXT",
+    help="Password of an encrypted --ssl-keyfile.",
+)
+@option(
+    "--factory", group=APP, is_flag=True, help="APP is a callable returning the ASGI application."
+)
+@option(
+    "--root-path",
+    group=APP,
+    default=_DEFAULTS["root_path"],
+    show_default=False,
+    metavar="PATH",
+    help="Mount point of the app behind a proxy (ASGI root_path, like SCRIPT_NAME).",
+)
+@option(
+    "--lifespan",
+    group=APP,
+    type=click.Choice(["auto", "on", "off"]),
+    default=_DEFAULTS["lifespan"],
+    help="ASGI lifespan events: auto runs them if the app supports them; on requires them.",
+)
+@option(
+    "--application-close-timeout",
+    group=APP,
+    type=SECONDS,
+    default=_DEFAULTS["application_close_timeout"],
+    metavar="SECONDS",
+    help="How long an app may run on after its client disconnected.",
+)
+@option(
+    "--graceful-timeout",
+    group=APP,
+    type=SECONDS,
+    default=_DEFAULTS["graceful_timeout"],
+    metavar="SECONDS",
+    help="On SIGTERM/SIGINT, how long requests in flight may take before being cut.",
+)
+@option(
+    "--proxy-headers",
+    group=PROXY,
+    is_flag=True,
+    help="Take client address and scheme from X-Forwarded-For/-Proto.",
+)
+@option(
+    "--forwarded-allow-ips",
+    group=PROXY,
+    default=",".join(_DEFAULTS["forwarded_allow_ips"]),
+    metavar="IPS",
+    help="Comma-separated proxies (addresses or networks) whose headers are trusted; * for all.",
+)
+@option(
+    "--server-name",
+    group=PROXY,
+    default=_DEFAULTS["server_name"],
+    metavar="NAME",
+    help="Value of the Server response header.",
+)
+@option("--no-server-name", group=PROXY, is_flag=True, help="Send no Server header.")
+@option(
+    "--timeout-keep-alive",
+    group=HTTP,
+    type=SECONDS,
+    default=_DEFAULTS["timeout_keep_alive"],
+    metavar="SECONDS",
+    help="Close an idle keep-alive connection after this.",
+)
+@option(
+    "--timeout-request-headers",
+    group=HTTP,
+    type=SECONDS,
+    default=_DEFAULTS["timeout_request_headers"],
+    metavar="SECONDS",
+    help="A request head must arrive within this (slow clients are closed).",
+)
+@option(
+    "--limit-concurrency",
+    group=HTTP,
+    type=COUNT,
+    metavar="N",
+    show_default="no limit",
+    help="Requests and WebSockets served at once; more get 503.",
+)
+@option(
+    "--limit-request-body",
+    group=HTTP,
+    type=BYTES,
+    default=_DEFAULTS["limit_request_body"],
+    metavar="BYTES",
+    help="Largest request body; larger gets 413.",
+)
+@option(
+    "--limit-request-head",
+    group=HTTP,
+    type=BYTES,
+    default=_DEFAULTS["limit_request_head"],
+    metavar="BYTES",
+    help="Largest request line plus headers; larger gets 431.",
+)
+@option(
+    "--ping-interval",
+    group=WS,
+    type=SECONDS,
+    default=_DEFAULTS["ping_interval"],
+    metavar="SECONDS",
+    help="Ping each WebSocket client this often.",
+)
+@option(
+    "--ping-timeout",
+    group=WS,
+    type=SECONDS,
+    default=_DEFAULTS["ping_timeout"],
+    metavar="SECONDS",
+    help="Close a WebSocket whose client has not answered a ping by then.",
+)
+@option(
+    "--websocket-max-message-size",
+    group=WS,
+    type=BYTES,
+    default=_DEFAULTS["websocket_max_message_size"],
+    metavar="BYTES",
+    help="Largest incoming message; larger closes with 1009.",
+)
+@option(
+    "--ws-per-message-deflate/--no-ws-per-message-deflate",
+    group=WS,
+    default=_DEFAULTS["websocket_per_message_deflate"],
+    show_default="on",
+    help="Offer permessage-deflate compression.",
+)
+@option(
+    "--websocket-write-buffer",
+    group=WS,
+    type=BYTES,
+    default=_DEFAULTS["websocket_write_buffer"],
+    metavar="BYTES",
+    help="Outgoing bytes queued for a client that does not read.",
+)
+@option(
+    "--websocket-write-timeout",
+    group=WS,
+    type=SECONDS,
+    default=_DEFAULTS["websocket_write_timeout"],
+    metavar="SECONDS",
+    help="How long a client may stay over the write buffer before it is closed.",
+)
+@option(
+    "--access-log",
+    group=LOG,
+    metavar="PATH",
+    show_default="off",
+    help="Write one line per request to PATH, or to stdout with -.",
+)
+@option(
+    "-v",
+    "--verbosity",
+    group=LOG,
+    type=Number(int, 0, 3),
+    default=_DEFAULTS["verbosity"],
+    metavar="0-3",
+    help="0 warnings only, 1 start/stop, 2 debug, 3 debug with asyncio.",
+)
+def main(**options: Any) -> None:
+    """Serve the ASGI application APP over HTTP/1.1 and WebSocket.
+
+    APP is 'module:attribute', e.g. myproject.asgi:application, imported from the current
+    directory first.
+
+    Every option can also be set in the environment as GATEWAY_<OPTION>, e.g. GATEWAY_PORT=9000,
+    GATEWAY_PROXY_HEADERS=true, and APP as GATEWAY_APP; the command line wins.
+
+    \b
+    Examples:
+      gateway myproject.asgi:application
+      gateway -b 0.0.0.0 -p 8000 --workers 4 --proxy-headers myproject.asgi:application
+      gateway -u /run/app.sock --access-log - myproject.asgi:application
+    """
+    ctx = click.get_current_context()
+    _check_listen_options(ctx, options)
+    try:
+        config = build_config(options)
+    except ConfigError as exc:
+        fail(str(exc), EXIT_CONFIG)
+    serve(config)
+
+
+def build_config(options: dict[str, Any]) -> Config:
+    """The Config the parsed options describe (the CLI's only job)."""
+    server_name: str | None = options["server_name"] or None
+    if options["no_server_name"]:
+        server_name = None
+    allowed = [ip.strip() for ip in options["forwarded_allow_ips"].split(",") if ip.strip()]
+    return Config(
+        app=options["app"],
+        host=options["bind"],
+        port=options["port"],
+        uds=options["unix_socket"],
+        fd=options["fd"],
+        root_path=options["root_path"].rstrip("/"),
+        proxy_headers=options["proxy_headers"],
+        forwarded_allow_ips=allowed,
+        access_log=options["access_log"],
+        verbosity=options["verbosity"],
+        ping_interval=options["ping_interval"],
+        ping_timeout=options["ping_timeout"],
+        websocket_max_message_size=options["websocket_max_message_size"],
+        websocket_per_message_deflate=options["ws_per_message_deflate"],
+        websocket_write_buffer=options["websocket_write_buffer"],
+        websocket_write_timeout=options["websocket_write_timeout"],
+        application_close_timeout=options["application_close_timeout"],
+        server_name=server_name,
+        workers=options["workers"],
+        ssl_certfile=options["ssl_certfile"],
+        ssl_keyfile=options["ssl_keyfile"],
+        ssl_keyfile_password=options["ssl_keyfile_password"],
+        lifespan=options["lifespan"],
+        timeout_keep_alive=options["timeout_keep_alive"],
+        timeout_request_headers=options["timeout_request_headers"],
+        limit_concurrency=options["limit_concurrency"],
+        limit_request_body=options["limit_request_body"],
+        limit_request_head=options["limit_request_head"],
+        graceful_timeout=options["graceful_timeout"],
+        factory=options["factory"],
+        backlog=options["backlog"],
+    )
+
+
+def serve(config: Config) -> None:
+    """Run one server, or a worker supervisor, and turn user mistakes into one line."""
+    from gateway.server import Server
+    from gateway.workers import Supervisor, WorkersFailed
+
+    try:
+        if config.workers > 1:
+            Supervisor(config).run()
+        else:
+            Server(config).run()
+    except LifespanFailure as exc:
+        fail(f"application startup failed: {exc}", EXIT_STARTUP)
+    except (ConfigError, WorkersFailed) as exc:
+        fail(str(exc), EXIT_CONFIG)
+    except KeyboardInterrupt:  # Ctrl-C before the signal handlers were in place
+        sys.exit(130)
+
+
+def fail(message: str, status: int) -> NoReturn:
+    click.echo(f"gateway: error: {' '.join(message.split())}", err=True)
+    sys.exit(status)
+
+
+def _check_listen_options(ctx: click.Context, options: dict[str, Any]) -> None:
+    """-u and --fd replace host/port: refuse combinations that would be silently ignored."""
+    given = {
+        name
+        for name in ("bind", "port", "unix_socket", "fd")
+        if ctx.get_parameter_source(name)
+        in (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)
+        and options[name] is not None
+    }
+    if {"unix_socket", "fd"} <= given:
+        raise click.UsageError("give either --unix-socket or --fd, not both")
+    if given & {"unix_socket", "fd"} and given & {"bind", "port"}:
+        raise click.UsageError("--unix-socket and --fd replace --bind/--port; give one of them")

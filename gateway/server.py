@@ -1,0 +1,301 @@
+"""One gateway process: bind, start the app, serve, and drain gracefully on SIGTERM/SIGINT.
+
+Order of start-up, chosen so that every user mistake fails before anything runs: load the app
+(ConfigError), load TLS files (ConfigError), bind (a port in use is a ConfigError), then the
+lifespan start-up (LifespanFailure), and only then accept connections. The listening socket
+is already open during the app's start-up, so early clients queue instead of being refused.
+
+Shutdown: the first signal stops accepting, asks each connection to finish
+(``Connection.shutdown``), waits up to ``graceful_timeout`` for them to go, aborts the rest,
+cancels tasks left over and runs the lifespan shutdown. A second signal skips the waiting and
+the lifespan shutdown.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import logging
+import os
+import signal
+import socket
+import stat
+import threading
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any
+
+from gateway.config import ASGIApp, Config, ConfigError
+from gateway.lifespan import Lifespan
+from gateway.logging import configure_logging
+from gateway.state import Connection, ServerState
+
+logger = logging.getLogger("gateway.error")
+
+ProtocolFactory = Callable[[Config, ASGIApp, ServerState], asyncio.Protocol]
+HANDLED_SIGNALS: tuple[signal.Signals, ...] = (signal.SIGINT, signal.SIGTERM)
+DRAIN_POLL = 0.02  # seconds between looks at the connections left while draining
+CANCEL_GRACE = 1.0  # seconds for cancelled tasks and aborted connections to go
+
+
+class Server:
+    """Serves ``config`` in this process; ``run()`` blocks, ``serve()`` is the coroutine.
+
+    Tests drive it with ``install_signal_handlers = False``, ``await server.started.wait()``,
+    then ``server.exit()``. ``protocol`` replaces ``HTTP1Connection`` (for embedding/tests).
+    """
+
+    def __init__(self, config: Config, protocol: ProtocolFactory | None = None) -> None:
+        self.config = config
+        self.protocol = protocol
+        self.state = ServerState()
+        self.state.server_header = config.server_name.encode() if config.server_name else None
+        self.started = asyncio.Event()
+        self.should_exit = asyncio.Event()
+        self.force_exit = asyncio.Event()
+        self.restart = False  # shut connections down as a restart: WebSockets close 1012
+        self.install_signal_handlers = True
+        self.handled_signals = HANDLED_SIGNALS
+        self.sockets: list[socket.socket] = []
+        self.servers: list[asyncio.Server] = []
+
+    def run(self, sockets: Sequence[socket.socket] | None = None) -> None:
+        """Serve until stopped. Raises ConfigError or LifespanFailure for the CLI to report."""
+        asyncio.run(self.serve(sockets))
+
+    def exit(self, restart: bool = False, force: bool = False) -> None:
+        """Begin the graceful shutdown (or, with ``force``, the immediate one)."""
+        self.restart = self.restart or restart
+        if force:
+            self.force_exit.set()
+        self.should_exit.set()
+
+    async def serve(self, sockets: Sequence[socket.socket] | None = None) -> None:
+        """Serve on ``sockets`` (inherited, e.g. from the worker supervisor) or on new ones."""
+        config = self.config
+        configure_logging(config)
+        app = config.load_app()
+        ssl_context = config.ssl_context()
+        own_sockets = sockets is None
+        self.sockets = bind_sockets(config) if sockets is None else list(sockets)
+        loop = asyncio.get_running_loop()
+        installed = self._install_signal_handlers(loop)
+        lifespan = Lifespan(app, config, self.state)
+        try:
+            if not await self._until_exit(lifespan.startup()):
+                await lifespan.cancel()
+                return
+            factory = self._protocol_factory()
+            for sock in self.sockets:
+                server = await loop.create_server(
+                    lambda: factory(config, app, self.state),
+                    sock=sock,
+                    ssl=ssl_context,
+                    backlog=config.backlog,
+                )
+                self.servers.append(server)
+            if own_sockets:
+                for sock in self.sockets:
+                    logger.info("Listening on %s", describe_socket(sock, ssl_context is not None))
+            else:
+                logger.info("Worker process %d serving", os.getpid())
+            self.started.set()
+            await self.should_exit.wait()
+            await self._drain()
+            if self.force_exit.is_set():
+                logger.warning("Forced exit: skipping the application's lifespan shutdown")
+                await lifespan.cancel()
+            else:
+                await self._until_exit(lifespan.shutdown(), force_only=True)
+                await lifespan.cancel()
+        finally:
+            for sig in installed:
+                loop.remove_signal_handler(sig)
+            for server in self.servers:
+                server.close()
+            if own_sockets:
+                close_sockets(self.sockets, config)
+
+    async def _until_exit(self, work: Coroutine[Any, Any, None], force_only: bool = False) -> bool:
+        """Run ``work`` unless a (forced) exit comes first; True if it completed."""
+        task = asyncio.ensure_future(work)
+        stop = self.force_exit if force_only else self.should_exit
+        waiter = asyncio.ensure_future(stop.wait())
+        try:
+            await asyncio.wait([task, waiter], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            waiter.cancel()
+        if task.done():
+            task.result()  # LifespanFailure propagates
+            return True
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        return False
+
+    def _protocol_factory(self) -> ProtocolFactory:
+        if self.protocol is not None:
+            return self.protocol
+        from gateway.connections.http1 import HTTP1Connection
+
+        return HTTP1Connection
+
+    async def _drain(self) -> None:
+        """Stop accepting, let connections finish, then abort the rest and cancel tasks."""
+        state = self.state
+        state.closing = True
+        for server in self.servers:
+            server.close()
+        logger.info("Shutting down%s", " (restart)" if self.restart else "")
+        told: set[Connection] = set()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.config.graceful_timeout
+        forced = asyncio.ensure_future(self.force_exit.wait())
+        try:
+            while state.connections and not forced.done() and loop.time() < deadline:
+                for conn in list(state.connections - told):
+                    told.add(conn)  # connections accepted meanwhile are told too
+                    conn.shutdown(restart=self.restart)
+                await asyncio.wait([forced], timeout=min(DRAIN_POLL, deadline - loop.time()))
+        finally:
+            forced.cancel()
+        if state.connections:
+            logger.warning(
+                "Closing %d connection(s) that did not finish in time", len(state.connections)
+            )
+            for conn in list(state.connections):
+                conn.abort()
+            for _ in range(int(CANCEL_GRACE / DRAIN_POLL)):  # connection_lost comes soon after
+                if not state.connections:
+                    break
+                await asyncio.sleep(DRAIN_POLL)
+        tasks = [task for task in state.tasks if not task.done()]
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks, timeout=CANCEL_GRACE)
+
+    def _install_signal_handlers(self, loop: asyncio.AbstractEventLoop) -> list[signal.Signals]:
+        if not self.install_signal_handlers:
+            return []
+        if threading.current_thread() is not threading.main_thread():
+            return []  # only the main thread may; an embedding caller handles signals itself
+        for sig in self.handled_signals:
+            loop.add_signal_handler(sig, self._on_signal, sig)
+        return list(self.handled_signals)
+
+    def _on_signal(self, sig: signal.Signals) -> None:
+        if self.should_exit.is_set():
+            logger.warning("Received %s again: exiting now", sig.name)
+            self.exit(force=True)
+        else:
+            logger.info("Received %s: finishing requests in flight", sig.name)
+            self.exit()
+
+
+# Listening sockets ------------------------------------------------------------------------
+
+
+def bind_sockets(config: Config) -> list[socket.socket]:
+    """The listening sockets ``config`` asks for: ``--fd``, ``--unix-socket`` or host/port.
+
+    Errors (port in use, bad address, not a socket) are ConfigErrors: one line for the user.
+    """
+    if config.fd is not None:
+        sock = _inherited_socket(config.fd)
+    elif config.uds:
+        sock = _unix_socket(config.uds)
+    else:
+        sock = _tcp_socket(config.host, config.port)
+    try:
+        sock.listen(config.backlog)
+    except OSError as exc:
+        sock.close()
+        raise ConfigError(f"cannot listen on {config.bind_description}: {_reason(exc)}") from exc
+    return [sock]
+
+
+def close_sockets(sockets: Sequence[socket.socket], config: Config) -> None:
+    """Close what ``bind_sockets`` opened; remove the unix socket file we created."""
+    for sock in sockets:
+        with contextlib.suppress(OSError):
+            if sock.family == socket.AF_UNIX and config.uds and config.fd is None:
+                os.unlink(config.uds)
+        sock.close()
+
+
+def describe_socket(sock: socket.socket, tls: bool = False) -> str:
+    """``http://127.0.0.1:8000``, ``https://[::1]:8443`` or ``unix:/run/app.sock``."""
+    scheme = "https" if tls else "http"
+    address = sock.getsockname()
+    if sock.family == socket.AF_UNIX:
+        path = address.decode() if isinstance(address, bytes) else address
+        return f"unix:{path}"
+    host, port = address[0], address[1]
+    return f"{scheme}://[{host}]:{port}" if ":" in host else f"{scheme}://{host}:{port}"
+
+
+def _tcp_socket(host: str, port: int) -> socket.socket:
+    host = host.strip("[]")
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+    except (OSError, OverflowError) as exc:
+        sock.close()
+        raise ConfigError(f"cannot listen on {where}: {_reason(exc)}") from exc
+    return sock
+
+
+def _unix_socket(path: str) -> socket.socket:
+    _remove_stale_unix_socket(path)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.bind(path)
+        # Like Daphne (Twisted's default), uvicorn and gunicorn: any local user may connect,
+        # so a proxy running as another user can; the directory's permissions still apply.
+        os.chmod(path, 0o666)
+    except OSError as exc:
+        sock.close()
+        raise ConfigError(f"cannot listen on unix socket {path!r}: {_reason(exc)}") from exc
+    return sock
+
+
+def _remove_stale_unix_socket(path: str) -> None:
+    """Remove a socket file left by a dead server; refuse to touch a live one or a non-socket."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise ConfigError(f"cannot use unix socket {path!r}: {_reason(exc)}") from exc
+    if not stat.S_ISSOCK(mode):
+        raise ConfigError(f"cannot use unix socket {path!r}: the file exists and is not a socket")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        try:
+            probe.connect(path)
+        except OSError:
+            os.unlink(path)  # nobody answers: stale
+            return
+    raise ConfigError(f"cannot listen on unix socket {path!r}: another server is listening there")
+
+
+def _inherited_socket(fd: int) -> socket.socket:
+    try:
+        sock = socket.socket(fileno=fd)  # family and type come from the descriptor itself
+    except OSError as exc:
+        raise ConfigError(f"--fd {fd}: not a usable socket: {_reason(exc)}") from exc
+    if sock.type != socket.SOCK_STREAM:
+        sock.detach()
+        raise ConfigError(f"--fd {fd}: not a stream socket")
+    return sock
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.errno == errno.EADDRINUSE:
+        return "address already in use"
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror[0].lower() + exc.strerror[1:]
+    return str(exc)
