@@ -197,6 +197,13 @@ LISTEN, TLS, APP, PROXY, HTTP, WS, LOG = GROUPS[:7]
     help="Mount point of the app behind a proxy (ASGI root_path, like SCRIPT_NAME).",
 )
 @option(
+    "--loop",
+    group=APP,
+    type=click.Choice(["auto", "asyncio", "uvloop"]),
+    default=_DEFAULTS["loop"],
+    help="Event loop: auto uses uvloop when installed (the 'fast' extra), else asyncio.",
+)
+@option(
     "--lifespan",
     group=APP,
     type=click.Choice(["auto", "on", "off"]),
@@ -405,6 +412,7 @@ def build_config(options: dict[str, Any]) -> Config:
         graceful_timeout=options["graceful_timeout"],
         factory=options["factory"],
         backlog=options["backlog"],
+        loop=options["loop"],
     )
 
 

@@ -6,6 +6,7 @@ style applications, so the rest of the gateway sees only ASGI 3 callables.
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 import inspect
 import ipaddress
@@ -68,12 +69,15 @@ class Config:
     graceful_timeout: float = 30.0
     factory: bool = False
     backlog: int = 2048
+    loop: Literal["auto", "asyncio", "uvloop"] = "auto"  # auto: uvloop when installed
 
     def __post_init__(self) -> None:
         for name in ("port", "workers", "backlog", "limit_request_body", "limit_request_head"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 0:
                 raise ConfigError(f"{name} must be a non-negative integer, got {value!r}")
+        if self.loop not in ("auto", "asyncio", "uvloop"):
+            raise ConfigError(f"loop must be auto, asyncio or uvloop, got {self.loop!r}")
         if self.lifespan not in ("auto", "on", "off"):
             raise ConfigError(f"lifespan must be auto, on or off, got {self.lifespan!r}")
         if bool(self.ssl_certfile) != bool(self.ssl_keyfile):
@@ -111,6 +115,21 @@ class Config:
         except ValueError:
             return client_host in self.forwarded_allow_ips
         return any(address in network for network in self._forwarded_networks)
+
+    def loop_factory(self) -> Callable[[], asyncio.AbstractEventLoop] | None:
+        """The event loop to run on: uvloop (the ``fast`` extra) or asyncio's own (None)."""
+        if self.loop == "asyncio":
+            return None
+        try:
+            import uvloop
+        except ImportError:
+            if self.loop == "uvloop":
+                raise ConfigError(
+                    "--loop uvloop needs uvloop: pip install 'roomcast[fast]'"
+                ) from None
+            return None
+        factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
+        return factory
 
     def ssl_context(self) -> ssl.SSLContext | None:
         if not self.ssl_certfile:

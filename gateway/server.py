@@ -61,7 +61,8 @@ class Server:
 
     def run(self, sockets: Sequence[socket.socket] | None = None) -> None:
         """Serve until stopped. Raises ConfigError or LifespanFailure for the CLI to report."""
-        asyncio.run(self.serve(sockets))
+        with asyncio.Runner(loop_factory=self.config.loop_factory()) as runner:
+            runner.run(self.serve(sockets))
 
     def exit(self, restart: bool = False, force: bool = False) -> None:
         """Begin the graceful shutdown (or, with ``force``, the immediate one)."""

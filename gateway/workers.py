@@ -290,7 +290,8 @@ def worker_main(config: Config, sockets: list[socket.socket], reports: Pipe) -> 
     server = Server(config)
     server.handled_signals = (signal.SIGTERM,)
     try:
-        asyncio.run(_serve_worker(server, sockets, reports))
+        with asyncio.Runner(loop_factory=config.loop_factory()) as runner:
+            runner.run(_serve_worker(server, sockets, reports))
     except ConfigError as exc:
         reports.send(("config", str(exc)))
         sys.exit(1)

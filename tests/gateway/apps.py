@@ -94,6 +94,14 @@ async def pid(scope: Scope, receive: Receive, send: Send) -> None:
     await respond(send, str(os.getpid()).encode())
 
 
+async def loop_kind(scope: Scope, receive: Receive, send: Send) -> None:
+    """Answers with the module of the running event loop's class: asyncio or uvloop."""
+    if scope["type"] == "lifespan":
+        await lifespan(scope, receive, send)
+        return
+    await respond(send, type(asyncio.get_running_loop()).__module__.encode())
+
+
 async def state(scope: Scope, receive: Receive, send: Send) -> None:
     """Answers with the request scope's ``state`` as JSON (what the lifespan put there)."""
     if scope["type"] == "lifespan":

@@ -182,6 +182,14 @@ def test_usage_errors_exit_2(args: list[str], message: str, captured: list[Confi
     assert captured == []
 
 
+@pytest.mark.parametrize(("loop", "module"), [("asyncio", "asyncio"), ("uvloop", "uvloop")])
+def test_loop_choice(loop: str, module: str) -> None:
+    port = free_port()
+    with GatewayProcess("tests.gateway.apps:loop_kind", "-p", str(port), "--loop", loop) as gateway:
+        gateway.wait_listening()
+        assert httpx.get(f"http://127.0.0.1:{port}/").text.startswith(module)
+
+
 def test_env_var_sets_the_port() -> None:
     port = free_port()
     with GatewayProcess("tests.gateway.apps:hello", env={"GATEWAY_PORT": str(port)}) as gateway:
