@@ -26,11 +26,28 @@ from ..config import ASGIApp, Config, Scope
 from ..state import ServerState
 from ..streams.http import HTTPStream, ProtocolViolation
 from ..streams.websocket import WebSocketStream
+from .h1writer import ResponseFramingError, ResponseWriter
 from .websocket import WebSocketHandler
 
 logger = logging.getLogger("gateway.error")
 
 _REASONS = {status.value: status.phrase.encode() for status in HTTPStatus}
+_NOTABLE = frozenset(
+    (b"content-length", b"transfer-encoding", b"upgrade", b"connection", b"expect")
+)
+_DEFAULT_NAMES = frozenset((b"date", b"server"))
+
+
+def _header_list(request: h11.Request) -> list[tuple[bytes, bytes]]:
+    """The request's headers as ASGI wants them: (lower-cased name, value) pairs.
+
+    h11 keeps exactly these in ``Headers._full_items``; reading them there avoids iterating
+    its Sequence wrapper item by item, which costs more than parsing the head did.
+    """
+    items = getattr(request.headers, "_full_items", None)
+    if items is None:  # a future h11 without it: the public, slower way
+        return [(name, value) for name, value in request.headers]
+    return [(name, value) for _, name, value in items]
 
 
 def _error_response(status: int, detail: str = "") -> bytes:
@@ -64,6 +81,10 @@ class HTTP1Connection(asyncio.Protocol):
         self._drain_waiters: list[asyncio.Future[None]] = []
         self._body_received = 0
         self._closing = False
+        self._writer: ResponseWriter | None = None
+        self._head_request = False
+        self._http11 = True
+        self._keep_alive = True
 
     # asyncio.Protocol -------------------------------------------------------------------------
 
@@ -190,31 +211,34 @@ class HTTP1Connection(asyncio.Protocol):
     def _on_request(self, request: h11.Request) -> None:
         self._cancel_timer()
         self._body_received = 0
-        headers = request.headers
+        headers = _header_list(request)
         # h11's max_incomplete_event_size only bounds a head still being received: one that
         # arrives whole in a single read is parsed whatever its size. Measure it here, so the
         # answer does not depend on how the bytes were split.
         head_size = len(request.method) + len(request.target) + 12  # "M T HTTP/1.1\r\n" "\r\n"
-        head_size += sum(len(name) + len(value) + 4 for name, value in headers)
-        if head_size > self.config.limit_request_head:
-            self._reject(431, f"request head over {self.config.limit_request_head} bytes")
-            return
         has_length = False
         chunked = False
         upgrade = b""
         connection = b""
         expect = b""
+        declared = 0
         for name, value in headers:
-            if name == b"content-length":
-                has_length = True
-            elif name == b"transfer-encoding":
-                chunked = True
-            elif name == b"upgrade":
-                upgrade = value.lower()
-            elif name == b"connection":
-                connection = value.lower()
-            elif name == b"expect":
-                expect = value.lower()
+            head_size += len(name) + len(value) + 4
+            if name in _NOTABLE:
+                if name == b"content-length":
+                    has_length = True
+                    declared = int(value)  # h11 has checked it is digits
+                elif name == b"transfer-encoding":
+                    chunked = True
+                elif name == b"upgrade":
+                    upgrade = value.lower()
+                elif name == b"connection":
+                    connection = value.lower()
+                else:
+                    expect = value.lower()
+        if head_size > self.config.limit_request_head:
+            self._reject(431, f"request head over {self.config.limit_request_head} bytes")
+            return
         # h11 already refuses conflicting Content-Lengths (400) and merges identical ones, as
         # RFC 9110 §8.6 allows; Content-Length beside Transfer-Encoding we refuse here.
         if has_length and chunked:
@@ -225,29 +249,29 @@ class HTTP1Connection(asyncio.Protocol):
             self.state.counters.rejected_overload += 1
             self._reject(503, "server at its concurrency limit")
             return
-        scope = self._scope(request)
+        scope = self._scope(request, headers)
         if b"websocket" in upgrade and b"upgrade" in connection and request.method == b"GET":
             self._start_websocket(request, scope)
             return
-        if has_length:
-            declared = int(dict(headers)[b"content-length"])
-            if declared > self.config.limit_request_body:
-                self._reject(413, f"body over {self.config.limit_request_body} bytes")
-                return
+        if declared > self.config.limit_request_body:
+            self._reject(413, f"body over {self.config.limit_request_body} bytes")
+            return
         scope["type"] = "http"
         scope["method"] = request.method.decode("ascii")
+        self._head_request = request.method == b"HEAD"
+        self._http11 = request.http_version == b"1.1"
+        self._keep_alive = self._http11 and b"close" not in connection
         stream = self.stream = HTTPStream(self.app, scope, self)
         if expect == b"100-continue":
             stream.on_first_receive = self._continue
         self._run(stream.run())
 
-    def _scope(self, request: h11.Request) -> Scope:
+    def _scope(self, request: h11.Request, headers: list[tuple[bytes, bytes]]) -> Scope:
         target = request.target
         raw_path, _, query = target.partition(b"?")
         if raw_path[:1] != b"/" and b"://" in raw_path:  # absolute-form target
             raw_path = b"/" + raw_path.split(b"://", 1)[1].partition(b"/")[2]
         client, scheme = self.client, self.scheme
-        headers = [(name, value) for name, value in request.headers]
         if self.config.proxy_headers and self.config.trusts_proxy(client[0] if client else None):
             client, scheme = self._from_proxy(headers, client, scheme)
         root = self.config.root_path
@@ -348,23 +372,25 @@ class HTTP1Connection(asyncio.Protocol):
         transport = self.transport
         if transport is None or transport.is_closing():
             return
-        names = {name.lower() for name, _ in headers}
-        defaults = [pair for pair in self.state.default_headers() if pair[0] not in names]
-        if self._closing:
-            defaults.append((b"connection", b"close"))
+        # Header names arrive validated and lower-cased from the stream (HTTPStream._start),
+        # so h11 is told they are parsed already: its per-header regexes are the costliest
+        # part of a small response.
+        if any(name in _DEFAULT_NAMES for name, _ in headers):
+            names = {name for name, _ in headers}
+            full = [pair for pair in self.state.default_headers() if pair[0] not in names]
+            full += headers
+        else:
+            full = self.state.default_headers() + headers
+        writer = self._writer = ResponseWriter(
+            head_request=self._head_request,
+            http11=self._http11,
+            keep_alive=self._keep_alive and not self._closing,
+        )
         try:
-            data = self.h11.send(
-                h11.Response(
-                    status_code=status,
-                    headers=defaults + headers,
-                    reason=_REASONS.get(status, b""),
-                )
-            )
-            if body:
-                data += self.h11.send(h11.Data(data=body))
+            data = writer.head(status, _REASONS.get(status, b""), full) + writer.body(body)
             if end:
-                data += self.h11.send(h11.EndOfMessage())
-        except h11.LocalProtocolError as exc:
+                data += writer.end()
+        except ResponseFramingError as exc:
             transport.write(_error_response(500))
             transport.close()
             raise ProtocolViolation(f"response refused: {exc}") from exc
@@ -376,11 +402,13 @@ class HTTP1Connection(asyncio.Protocol):
         transport = self.transport
         if transport is None or transport.is_closing():
             return
+        writer = self._writer
+        assert writer is not None
         try:
-            data = self.h11.send(h11.Data(data=body)) if body else b""
+            data = writer.body(body)
             if end:
-                data += self.h11.send(h11.EndOfMessage())
-        except h11.LocalProtocolError as exc:  # e.g. more or less body than Content-Length
+                data += writer.end()
+        except ResponseFramingError as exc:  # more or less body than its Content-Length
             transport.close()
             raise ProtocolViolation(f"response body refused: {exc}") from exc
         if data:
@@ -392,19 +420,22 @@ class HTTP1Connection(asyncio.Protocol):
         transport = self.transport
         assert transport is not None
         conn = self.h11
-        if self._closing or conn.our_state is h11.MUST_CLOSE or conn.their_state is not h11.DONE:
+        writer = self._writer
+        self._writer = None
+        if self._closing or writer is None or not writer.keep_alive:
             transport.close()
             return
-        conn.start_next_cycle()
+        if conn.their_state is not h11.DONE:  # the app answered without reading the body
+            transport.close()
+            return
         self.stream = None
-        trailing = conn.trailing_data[0]
-        if trailing[:1] in (b"\r", b"\n"):
-            # Empty lines before a pipelined request (see data_received): h11 cannot drop bytes
-            # it holds, so a fresh h11 connection takes what follows them.
-            self.h11 = conn = self._new_h11()
-            trailing = trailing.lstrip(b"\r\n")
-            if trailing:
-                conn.receive_data(trailing)
+        # The response went out through our writer, not h11, so h11 cannot start a new cycle;
+        # a fresh parser (sub-microsecond) takes what the client has already pipelined, minus
+        # the empty lines RFC 9112 §2.2 says to ignore (see data_received).
+        trailing = conn.trailing_data[0].lstrip(b"\r\n")
+        self.h11 = conn = self._new_h11()
+        if trailing:
+            conn.receive_data(trailing)
         self._awaiting_head = not trailing
         if trailing:  # a pipelined request is already (partly) here
             self._set_timer(self.config.timeout_request_headers, self._on_head_timeout)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from collections import deque
 from collections.abc import Callable
@@ -30,6 +31,11 @@ _ERROR_HEADERS = [
     (b"content-length", str(len(_ERROR_BODY)).encode()),
     (b"connection", b"close"),
 ]
+
+
+# RFC 9110 token characters; a response header name must be one (else it could break the head).
+_TOKEN = re.compile(rb"[-!#$%&'*+.^_`|~0-9a-zA-Z]+")
+_VALID_NAMES: dict[bytes, bytes] = {}  # header name as the app gave it -> validated, lower-cased
 
 
 class Responder(Protocol):
@@ -253,8 +259,16 @@ class HTTPStream:
                 raise ProtocolViolation(f"response header {pair!r} is not a pair") from None
             if not isinstance(name, bytes) or not isinstance(value, bytes):
                 raise ProtocolViolation(f"response header {pair!r} must be a pair of bytes")
-            if b"\r" in value or b"\n" in value or b"\r" in name or b"\n" in name:
-                raise ProtocolViolation(f"response header {name!r} holds CR or LF")
+            lowered = _VALID_NAMES.get(name)
+            if lowered is None:
+                if not _TOKEN.fullmatch(name):
+                    raise ProtocolViolation(f"response header name {name!r} is not a token")
+                lowered = name.lower()
+                if len(_VALID_NAMES) < 1024:  # names repeat: remember the good ones
+                    _VALID_NAMES[name] = lowered
+            name = lowered
+            if b"\r" in value or b"\n" in value or b"\0" in value:
+                raise ProtocolViolation(f"response header {name!r} holds CR, LF or NUL")
             headers.append((name, value))
         self.response_started = True
         self._status = status
