@@ -1,1 +1,88 @@
-"""roomcast consumers: Channels-style consumers, routing and middleware. Built in a later issue."""
+"""roomcast consumers: Channels-style consumers, routing, middleware and test communicators.
+
+The test communicators live in :mod:`consumers.testing` (as Channels keeps them in
+``channels.testing``), so importing this package does not load test machinery.
+"""
+
+# Consumers and their exceptions (base, websocket, http, exceptions) ------------------------
+from .base import AsyncConsumer, SyncConsumer, get_handler_name
+from .exceptions import (
+    AcceptConnection,
+    DenyConnection,
+    InvalidChannelLayerError,
+    RequestAborted,
+    RequestTimeout,
+    StopConsumer,
+    UndecodableFrame,
+)
+from .http import AsyncHttpConsumer
+from .websocket import (
+    AsyncJsonWebsocketConsumer,
+    AsyncWebsocketConsumer,
+    JsonWebsocketConsumer,
+    WebsocketConsumer,
+)
+
+# isort: split
+# Routing, middleware, origin checks, auth (routing, middleware, security, auth) ------------
+from .auth import (
+    AuthMiddleware,
+    AuthMiddlewareStack,
+    CookieMiddleware,
+    SessionMiddleware,
+    SessionMiddlewareStack,
+    TokenAuthMiddleware,
+    get_token,
+)
+from .middleware import BaseMiddleware
+from .routing import (
+    ChannelNameRouter,
+    ProtocolTypeRouter,
+    RouteNotFound,
+    URLRouter,
+    path,
+    re_path,
+    register_converter,
+)
+from .security import AllowedHostsOriginValidator, OriginValidator, WebsocketDenier
+
+__all__ = [
+    # consumers (base, websocket, http, exceptions)
+    "AcceptConnection",
+    "AsyncConsumer",
+    "AsyncHttpConsumer",
+    "AsyncJsonWebsocketConsumer",
+    "AsyncWebsocketConsumer",
+    "DenyConnection",
+    "InvalidChannelLayerError",
+    "JsonWebsocketConsumer",
+    "RequestAborted",
+    "RequestTimeout",
+    "StopConsumer",
+    "SyncConsumer",
+    "UndecodableFrame",
+    "WebsocketConsumer",
+    "get_handler_name",
+]
+
+__all__ += [
+    # routing, middleware, security, auth
+    "AllowedHostsOriginValidator",
+    "AuthMiddleware",
+    "AuthMiddlewareStack",
+    "BaseMiddleware",
+    "ChannelNameRouter",
+    "CookieMiddleware",
+    "OriginValidator",
+    "ProtocolTypeRouter",
+    "RouteNotFound",
+    "SessionMiddleware",
+    "SessionMiddlewareStack",
+    "TokenAuthMiddleware",
+    "URLRouter",
+    "WebsocketDenier",
+    "get_token",
+    "path",
+    "re_path",
+    "register_converter",
+]

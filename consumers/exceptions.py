@@ -1,0 +1,83 @@
+"""The exceptions of consumers, with Django Channels' names and meanings.
+
+Control flow (raise them from a handler):
+
+* :class:`StopConsumer`: end this consumer instance cleanly; ``__call__`` returns.
+* :class:`AcceptConnection` / :class:`DenyConnection`: raised from a WebSocket consumer's
+  ``connect()``, accept or refuse the handshake.
+
+Errors:
+
+* :class:`InvalidChannelLayerError`: a consumer needs a channel layer (it has ``groups``) and
+  has none, or the layer lacks the ``groups`` extension.
+* :class:`UndecodableFrame`: a JSON consumer got a frame it cannot decode; handed to
+  ``receive_json_error()`` (see :mod:`consumers.websocket`), not raised at the server.
+* :class:`RequestAborted` / :class:`RequestTimeout`: Channels' names, for code that catches
+  them; roomcast's consumers do not raise them.
+
+:class:`ChannelFull` and :class:`MessageTooLarge` are the channel layer's own
+(:mod:`layers.exceptions`), re-exported here because Channels has them in this module, so an
+``except ChannelFull`` written against ``channels.exceptions`` catches what our layers raise.
+"""
+
+from __future__ import annotations
+
+from layers.exceptions import ChannelFull, MessageTooLarge
+
+__all__ = [
+    "AcceptConnection",
+    "ChannelFull",
+    "DenyConnection",
+    "InvalidChannelLayerError",
+    "MessageTooLarge",
+    "RequestAborted",
+    "RequestTimeout",
+    "StopConsumer",
+    "UndecodableFrame",
+]
+
+
+class StopConsumer(Exception):
+    """Raised by a handler to end its consumer instance; the consumer returns normally."""
+
+
+class AcceptConnection(Exception):
+    """Raised in a WebSocket consumer's ``connect()`` to accept the connection."""
+
+
+class DenyConnection(Exception):
+    """Raised in a WebSocket consumer's ``connect()`` to refuse the connection (HTTP 403)."""
+
+
+class InvalidChannelLayerError(ValueError):
+    """The consumer needs a channel layer (with the ``groups`` extension) and has none."""
+
+
+class RequestAborted(Exception):
+    """The client went away part-way through sending its request body (Channels' name)."""
+
+
+class RequestTimeout(RequestAborted):
+    """The request body did not arrive in time (Channels' name)."""
+
+
+class UndecodableFrame(ValueError):
+    """A frame that a JSON WebSocket consumer cannot turn into content.
+
+    ``close_code`` is the WebSocket close code the default handling uses: 1003 (unsupported
+    data) for a binary frame, 1007 (invalid payload data) for text that is not JSON.
+    ``text_data``/``bytes_data`` hold the frame; the decoder's own error is ``__cause__``.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        close_code: int,
+        text_data: str | None = None,
+        bytes_data: bytes | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.close_code = close_code
+        self.text_data = text_data
+        self.bytes_data = bytes_data

@@ -1,0 +1,1 @@
+"""Tests of the consumers package: consumers, routing, middleware and the test communicators."""
