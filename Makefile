@@ -3,14 +3,19 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test clean redis-server
+.PHONY: run demo test clean redis-server
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
-# The demo: channels meeting in a group on the in-memory layer.
+# The chat example on the in-memory layer: http://127.0.0.1:8000
 run: $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e .
+	$(BIN)/gateway examples.chat.asgi:application
+
+# Channels meeting in a group, without a server.
+demo: $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e .
 	$(BIN)/python -m examples.demo
 
