@@ -37,6 +37,7 @@ class ResponseWriter:
         if status < 200 or status in (204, 304):
             self._no_body = True
         length: bytes | None = None
+        said_close = False
         lines = [b"HTTP/1.1 %d %s\r\n" % (status, reason)]
         for name, value in headers:
             if name == b"content-length":
@@ -49,6 +50,7 @@ class ResponseWriter:
                 continue  # framing is ours to choose
             elif name == b"connection" and b"close" in value.lower():
                 self.keep_alive = False
+                said_close = True
             lines.append(b"%s: %s\r\n" % (name, value))
         if length is not None:
             if not length.isdigit():
@@ -60,7 +62,7 @@ class ResponseWriter:
                 lines.append(b"transfer-encoding: chunked\r\n")
             else:
                 self.keep_alive = False  # an HTTP/1.0 body ends when the connection does
-        if not self.keep_alive:
+        if not self.keep_alive and not said_close:
             lines.append(b"connection: close\r\n")
         lines.append(b"\r\n")
         return b"".join(lines)

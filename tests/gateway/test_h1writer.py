@@ -61,8 +61,9 @@ def test_no_body_responses(status: int, head_request: bool) -> None:
 
 def test_connection_close_from_app_or_request() -> None:
     w = writer()
-    w.head(200, b"OK", [(b"connection", b"Close"), (b"content-length", b"0")])
+    head = w.head(200, b"OK", [(b"connection", b"Close"), (b"content-length", b"0")])
     assert not w.keep_alive
+    assert head.lower().count(b"connection: close") == 1
     w = writer(keep_alive=False)
     assert w.head(200, b"OK", [(b"content-length", b"0")]).endswith(b"connection: close\r\n\r\n")
 
