@@ -1,0 +1,16 @@
+"""URLs: ``/chat/`` (the rooms), ``/accounts/login/`` and ``logout/``, ``/admin/``."""
+
+from __future__ import annotations
+
+from django.contrib import admin
+from django.contrib.auth import views as auth_views
+from django.urls import include, path
+from django.views.generic import RedirectView
+
+urlpatterns = [
+    path("", RedirectView.as_view(pattern_name="chat:index")),
+    path("chat/", include("chat.urls")),
+    path("accounts/login/", auth_views.LoginView.as_view(), name="login"),
+    path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),  # POST only
+    path("admin/", admin.site.urls),
+]
