@@ -67,8 +67,7 @@ from importlib import import_module
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl
 
-from asgiref.sync import sync_to_async
-
+from .db import database_sync_to_async
 from .middleware import ASGIApp, BaseMiddleware, Message, Receive, Scope, Send, deny
 
 __all__ = [
@@ -202,18 +201,8 @@ class CookieMiddleware(BaseMiddleware):
 
 
 async def _in_db_thread(func: Callable[..., T], *args: Any) -> T:
-    """Run Django database code in a thread, closing stale connections around it (Channels'
-    ``database_sync_to_async``)."""
-    from django.db import close_old_connections
-
-    def call() -> T:
-        close_old_connections()
-        try:
-            return func(*args)
-        finally:
-            close_old_connections()
-
-    return await sync_to_async(call, thread_sensitive=True)()
+    """Run Django database code in a thread, closing stale connections around it."""
+    return await database_sync_to_async(func)(*args)
 
 
 class _SessionSaver:
