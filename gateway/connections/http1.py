@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from http import HTTPStatus
 from typing import Any, cast
 from urllib.parse import unquote
@@ -36,6 +37,18 @@ _NOTABLE = frozenset(
     (b"content-length", b"transfer-encoding", b"upgrade", b"connection", b"expect")
 )
 _DEFAULT_NAMES = frozenset((b"date", b"server"))
+_HEAD_END = re.compile(rb"\r?\n\r?\n")
+
+
+def _length_headers(raw: bytes) -> int:
+    """How many Content-Length lines the raw head (and whatever followed it) starts with.
+
+    h11 refuses differing values but merges identical ones (RFC 9110 §8.6 allows either); we
+    refuse both as a request-smuggling shape, so the connection keeps the head's raw bytes.
+    """
+    end = _HEAD_END.search(raw)
+    head = raw if end is None else raw[: end.start()]
+    return head.lower().count(b"\ncontent-length:")
 
 
 def _header_list(request: h11.Request) -> list[tuple[bytes, bytes]]:
@@ -76,6 +89,8 @@ class HTTP1Connection(asyncio.Protocol):
         self.scheme = "http"
         self._timer: asyncio.TimerHandle | None = None
         self._awaiting_head = True  # no byte of the next request has arrived yet
+        self._in_head = True  # the next request's head is still arriving
+        self._head = b""  # its bytes so far (bounded by limit_request_head)
         self._read_paused = False
         self._write_paused = False
         self._drain_waiters: list[asyncio.Future[None]] = []
@@ -143,6 +158,8 @@ class HTTP1Connection(asyncio.Protocol):
             self._awaiting_head = False
         if self.h11.their_state is h11.MUST_CLOSE:
             return  # see _handle_events; not buffered either
+        if self._in_head and len(self._head) <= self.config.limit_request_head:
+            self._head += data  # see _length_headers: h11 hides repeated Content-Lengths
         self.h11.receive_data(data)
         self._handle_events()
 
@@ -211,6 +228,7 @@ class HTTP1Connection(asyncio.Protocol):
     def _on_request(self, request: h11.Request) -> None:
         self._cancel_timer()
         self._body_received = 0
+        raw_head, self._head, self._in_head = self._head, b"", False
         headers = _header_list(request)
         # h11's max_incomplete_event_size only bounds a head still being received: one that
         # arrives whole in a single read is parsed whatever its size. Measure it here, so the
@@ -238,6 +256,9 @@ class HTTP1Connection(asyncio.Protocol):
                     expect = value.lower()
         if head_size > self.config.limit_request_head:
             self._reject(431, f"request head over {self.config.limit_request_head} bytes")
+            return
+        if has_length and _length_headers(raw_head) > 1:
+            self._reject(400, "more than one Content-Length header")
             return
         # h11 already refuses conflicting Content-Lengths (400) and merges identical ones, as
         # RFC 9110 §8.6 allows; Content-Length beside Transfer-Encoding we refuse here.
@@ -433,6 +454,7 @@ class HTTP1Connection(asyncio.Protocol):
         # a fresh parser (sub-microsecond) takes what the client has already pipelined, minus
         # the empty lines RFC 9112 §2.2 says to ignore (see data_received).
         trailing = conn.trailing_data[0].lstrip(b"\r\n")
+        self._in_head, self._head = True, trailing
         self.h11 = conn = self._new_h11()
         if trailing:
             conn.receive_data(trailing)

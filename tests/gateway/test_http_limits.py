@@ -189,13 +189,24 @@ async def test_conflicting_content_lengths_are_400(
     assert status_of(answer) == 400
 
 
-async def test_identical_duplicate_content_lengths_are_one(serve: Serve) -> None:
+@pytest.mark.parametrize("second", ["Content-Length", "content-length", "CoNtEnT-LeNgTh"])
+async def test_identical_duplicate_content_lengths_are_refused(serve: Serve, second: str) -> None:
+    """h11 would merge them; a smuggling shape all the same, so 400, whatever the casing."""
+    _, port, _ = await serve(echo)
+    answer = await exchange(port, request("POST", "/", [("Content-Length", "5"), (second, "5")]))
+    assert status_of(answer) == 400
+
+
+async def test_duplicate_content_length_in_a_pipelined_request_is_refused(serve: Serve) -> None:
+    """The check follows each head, also one that arrived behind the previous request, and is
+    not fooled by a body that looks like headers."""
     host, port, _ = await serve(echo)
     reader, writer = await asyncio.open_connection(host, port)
-    writer.write(request("POST", "/", [("Content-Length", "5"), ("Content-Length", "5")]))
-    writer.write(b"hello" + request("GET", "/next"))
-    assert (await read_response(reader)).body == b"hello"
-    assert (await read_response(reader)).body == b"/next"
+    body = b"x\ncontent-length: 1\r\n"
+    writer.write(request("POST", "/one", [("Content-Length", str(len(body)))]) + body)
+    writer.write(request("POST", "/two", [("Content-Length", "1"), ("Content-Length", "1")]) + b"z")
+    assert (await read_response(reader)).body == body
+    assert status_of(await reader.read()) == 400
     await close(writer)
 
 
