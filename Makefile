@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: run demo test clean redis-server
+.PHONY: run demo test clean redis-server test-tools
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -20,7 +20,7 @@ demo: $(BIN)/python
 	$(BIN)/python -m examples.demo
 
 # Installs what the tests need, then runs lint, types and the whole suite.
-test: $(BIN)/python redis-server
+test: $(BIN)/python redis-server test-tools
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	$(BIN)/ruff check gateway layers consumers tests examples
 	$(BIN)/ruff format --check gateway layers consumers tests examples
@@ -34,5 +34,21 @@ redis-server:
 	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
 	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq redis-server; }
 
+# The deployment tests (tests/e2e/test_deploy.py, test_browser.py) run nginx (the load
+# balancer), Debian's chromium (driven by Playwright, whose own browser download is never used)
+# and docker-compose (validates docker-compose.yml; no Docker engine is needed). Install the
+# missing ones; under CI the tests fail rather than skip without them.
+test-tools:
+	@missing=; \
+	command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || missing="$$missing nginx"; \
+	command -v chromium >/dev/null || missing="$$missing chromium fonts-liberation"; \
+	command -v docker-compose >/dev/null || missing="$$missing docker-compose"; \
+	if [ -n "$$missing" ]; then \
+	  echo "not found:$$missing: installing with apt-get"; \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	  $$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive \
+	    apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache tests/artifacts

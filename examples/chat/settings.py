@@ -11,6 +11,9 @@ import os
 from layers.settings import layer_config_from_url
 
 CHANNEL_LAYERS = layer_config_from_url(os.environ.get("ROOMCAST_LAYER_URL") or "memory://")
+# A busy room bursts: each member's channel must hold a burst while its consumer writes it out
+# (the layer drops, and counts, what does not fit). The URL's own ?capacity= wins.
+CHANNEL_LAYERS["default"].setdefault("CONFIG", {}).setdefault("capacity", 1000)
 
 # Origins allowed to open the chat's WebSocket (the page itself is served from these hosts).
 ALLOWED_HOSTS = [
