@@ -5,7 +5,11 @@ live in its process, so that a message reaching a process (one copy per process)
 to that process's members here, without another trip to Redis.
 
 Buffers hold encoded bytes (see :mod:`layers.serializers`) with an expiry time; the clock is
-``time.monotonic`` passed in by the caller, so one reading serves a whole fan-out.
+``time.monotonic`` passed in by the caller, so one reading serves a whole fan-out. A fan-out of
+a message whose values are all immutable (str, bytes, numbers, booleans, None: what chat
+messages are) buffers the message decoded once instead (:func:`shareable`), and each receiver
+gets its own shallow copy, which is then a full copy: copying a flat dict costs a sixth of
+decoding it again for every member.
 """
 
 from __future__ import annotations
@@ -14,15 +18,43 @@ import asyncio
 import contextlib
 from collections import deque
 from collections.abc import Callable, Iterator
+from typing import Any, TypeAlias
 
 from .base import LayerCounters
+
+Payload: TypeAlias = "bytes | dict[str, Any]"
+"""What a buffer holds: encoded bytes, or a flat decoded message that is copied per receiver."""
+
+_IMMUTABLE = frozenset({str, bytes, int, float, bool, type(None)})
+
+
+def shareable(payload: bytes, decode: Callable[[bytes], dict[str, Any]], members: int) -> Payload:
+    """What a fan-out to ``members`` local channels buffers: the message decoded once when all
+    its values are immutable, else (or for one member, or undecodable bytes) ``payload``."""
+    if members < 2:
+        return payload
+    try:
+        message = decode(payload)
+    except Exception:  # the receivers decode it themselves, and count it rejected
+        return payload
+    for value in message.values():
+        if value.__class__ not in _IMMUTABLE:
+            return payload
+    return message
+
+
+def unpack(payload: Payload, decode: Callable[[bytes], dict[str, Any]]) -> dict[str, Any]:
+    """A receiver's own message from what a buffer held."""
+    if isinstance(payload, dict):
+        return payload.copy()
+    return decode(payload)
 
 
 class _Channel:
     __slots__ = ("buffer", "capacity", "waiters")
 
     def __init__(self, capacity: int) -> None:
-        self.buffer: deque[tuple[float, bytes]] = deque()
+        self.buffer: deque[tuple[float, Payload]] = deque()
         self.waiters: deque[asyncio.Future[None]] = deque()
         self.capacity = capacity
 
@@ -64,7 +96,7 @@ class LocalChannels:
             channel = self._channels[name] = _Channel(self._get_capacity(name))
         return channel
 
-    def put(self, name: str, expires: float, payload: bytes, now: float) -> bool:
+    def put(self, name: str, expires: float, payload: Payload, now: float) -> bool:
         """Buffer one message; False (and nothing buffered) if the channel is full."""
         channel = self._channel(name)
         buffer = channel.buffer
@@ -77,6 +109,43 @@ class LocalChannels:
             channel.wake_one()
         return True
 
+    def put_many(self, names: list[str], expires: float, payload: Payload, now: float) -> int:
+        """:meth:`put` to each of ``names`` (one fan-out); returns how many were full."""
+        channels = self._channels
+        dropped = 0
+        for name in names:
+            channel = channels.get(name)
+            if channel is None:
+                channel = channels[name] = _Channel(self._get_capacity(name))
+            buffer = channel.buffer
+            if len(buffer) >= channel.capacity:
+                self._counters.expired += channel.drop_expired(now)
+                if len(buffer) >= channel.capacity:
+                    dropped += 1
+                    continue
+            buffer.append((expires, payload))
+            if channel.waiters:
+                channel.wake_one()
+        return dropped
+
+    def take(self, name: str, now: float) -> Payload | None:
+        """The oldest unexpired message of ``name`` if one is buffered; never waits.
+
+        The fast path of a receive: a consumer that is behind takes its backlog without a
+        future or a trip through the event loop per message.
+        """
+        channel = self._channels.get(name)
+        if channel is None:
+            return None
+        buffer = channel.buffer
+        while buffer:
+            expires, payload = buffer.popleft()
+            if expires >= now:
+                self._counters.delivered += 1
+                return payload
+            self._counters.expired += 1
+        return None
+
     def is_full(self, name: str, now: float) -> bool:
         channel = self._channels.get(name)
         if channel is None or len(channel.buffer) < channel.capacity:
@@ -84,7 +153,7 @@ class LocalChannels:
         self._counters.expired += channel.drop_expired(now)
         return len(channel.buffer) >= channel.capacity
 
-    async def get(self, name: str, clock: Callable[[], float]) -> bytes:
+    async def get(self, name: str, clock: Callable[[], float]) -> Payload:
         """Wait for and take the oldest unexpired message of ``name``.
 
         Cancellation is safe: a receiver cancelled after being woken passes the wake-up on, so

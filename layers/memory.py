@@ -2,8 +2,9 @@
 
 Everything lives in this process: bounded per-channel buffers and group tables
 (:mod:`layers.local`). Messages are msgpack-encoded once per ``send``/``group_send`` and decoded
-per delivery, so receivers never share a mutable dict and the layer refuses exactly what the
-Redis layer refuses.
+per delivery (a group message whose values are all immutable is decoded once and each member
+gets a shallow copy, which for such a message is a full one), so receivers never share a
+mutable dict and the layer refuses exactly what the Redis layer refuses.
 
 Semantics beyond :mod:`layers.base`: a ``send`` and a ``group_send`` from one sender to one
 channel also keep their order (both are appended to the same buffer at call time). Nothing
@@ -20,8 +21,10 @@ from typing import Any
 
 from .base import BaseChannelLayer
 from .exceptions import ChannelFull
-from .local import LocalChannels, LocalGroups
+from .local import LocalChannels, LocalGroups, shareable, unpack
 from .serializers import DEFAULT_MAX_MESSAGE_SIZE, MessageCodec
+
+RECEIVABLE_CACHE = 65536  # channel names whose check receive() remembers, at most
 
 
 class InMemoryChannelLayer(BaseChannelLayer):
@@ -46,6 +49,7 @@ class InMemoryChannelLayer(BaseChannelLayer):
         self._codec = MessageCodec(max_message_size=max_message_size)
         self._channels = LocalChannels(self.get_capacity, self.counters)
         self._groups = LocalGroups(self.group_expiry)
+        self._receivable: set[str] = set()  # names receive() has checked (a bounded cache)
 
     async def send(self, channel: str, message: dict[str, Any]) -> None:
         self.require_valid_channel_name(channel)
@@ -57,9 +61,17 @@ class InMemoryChannelLayer(BaseChannelLayer):
         self.counters.sent += 1
 
     async def receive(self, channel: str) -> dict[str, Any]:
-        self.require_valid_channel_name(channel, receive=True)
+        if channel.__class__ is not str or channel not in self._receivable:
+            self.require_valid_channel_name(channel, receive=True)
+            if len(self._receivable) >= RECEIVABLE_CACHE:
+                self._receivable.clear()
+            self._receivable.add(channel)
+        else:  # a name already checked: take a buffered message without waiting
+            payload = self._channels.take(channel, time.monotonic())
+            if payload is not None:
+                return unpack(payload, self._codec.decode)
         payload = await self._channels.get(channel, time.monotonic)
-        return self._codec.decode(payload)
+        return unpack(payload, self._codec.decode)
 
     async def new_channel(self, prefix: str = "specific") -> str:
         name = f"{prefix}.inmemory!{secrets.token_hex(8)}"
@@ -81,11 +93,9 @@ class InMemoryChannelLayer(BaseChannelLayer):
         payload = self._codec.encode(message)
         now = time.monotonic()
         expires = now + self.expiry
-        put = self._channels.put
-        dropped = 0
-        for channel in self._groups.members(group, now):
-            if not put(channel, expires, payload, now):
-                dropped += 1
+        members = self._groups.members(group, now)
+        item = shareable(payload, self._codec.decode, len(members))
+        dropped = self._channels.put_many(members, expires, item, now)
         self.counters.group_sent += 1
         self.counters.dropped += dropped
 

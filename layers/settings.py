@@ -246,8 +246,10 @@ def _import_backend(alias: str, path: Any) -> type[BaseChannelLayer]:
         ) from None
     # Any class with Channels' layer methods will do (channels_redis's included), so that a
     # project can switch backends by changing one string.
-    if not isinstance(backend, type) or not all(
-        callable(getattr(backend, method, None)) for method in _LAYER_METHODS
+    # (channels_redis's pub/sub layer lends its methods through __getattr__ on instances.)
+    if not isinstance(backend, type) or not (
+        all(callable(getattr(backend, method, None)) for method in _LAYER_METHODS)
+        or hasattr(backend, "__getattr__")
     ):
         raise LayerConfigError(
             f"{where}: {path!r} is not a channel layer class (it needs {', '.join(_LAYER_METHODS)})"

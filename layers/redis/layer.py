@@ -67,6 +67,7 @@ import contextlib
 import re
 import secrets
 import time
+from _thread import get_ident
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from typing import Any, TypeVar, cast
 
@@ -80,7 +81,7 @@ from ..exceptions import (
     LayerConnectionError,
     UndecodableMessage,
 )
-from ..local import LocalChannels, LocalGroups
+from ..local import LocalChannels, LocalGroups, Payload, shareable, unpack
 from ..serializers import DEFAULT_MAX_MESSAGE_SIZE, MessageCodec
 from . import scripts, wire
 from .hosts import HostSpec, parse_hosts
@@ -92,6 +93,7 @@ from .subscriber import GroupSubscriber
 T = TypeVar("T")
 PREFIX_RE = re.compile(r"^[a-zA-Z\d\-_.:]+$")
 CONTROL_CAPACITY = 1 << 30  # control entries are never refused
+RECEIVABLE_CACHE = 65536  # local channel names whose check receive() remembers, at most
 
 
 class RedisChannelLayer(BaseChannelLayer):
@@ -142,6 +144,8 @@ class RedisChannelLayer(BaseChannelLayer):
         self._inbox: InboxReader | None = None
         self._subscribers: dict[int, GroupSubscriber] = {}
         self._background: set[asyncio.Task[None]] = set()
+        self._receivable: set[str] = set()  # local names receive() has checked (bounded)
+        self._home_thread: int | None = None  # the thread of the home loop
 
     # Plumbing ----------------------------------------------------------------------------
 
@@ -187,6 +191,7 @@ class RedisChannelLayer(BaseChannelLayer):
         home = self._home
         if home is None or home.is_closed():
             home = self._home = asyncio.get_running_loop()
+            self._home_thread = get_ident()
             inbox_shard = self._shard(self.process_id)
             self._inbox = InboxReader(
                 self.hosts[inbox_shard],
@@ -255,12 +260,8 @@ class RedisChannelLayer(BaseChannelLayer):
             if group not in self._groups:  # every membership lapsed: stop listening
                 self._unsubscribe(group)
             return
-        put = self._local.put
-        dropped = 0
-        for channel in members:
-            if not put(channel, expires, payload, now):
-                dropped += 1
-        self.counters.dropped += dropped
+        item = shareable(payload, self._codec.decode, len(members))
+        self.counters.dropped += self._local.put_many(members, expires, item, now)
 
     def _unsubscribe(self, group: str) -> None:
         subscriber = self._subscribers.get(self._shard(group))
@@ -387,6 +388,18 @@ class RedisChannelLayer(BaseChannelLayer):
         self.counters.sent += 1
 
     async def receive(self, channel: str) -> dict[str, Any]:
+        if (
+            channel.__class__ is str
+            and channel in self._receivable
+            and get_ident() == self._home_thread
+        ):  # one of ours, checked before, on the home thread: take a buffered message at once
+            payload = self._local.take(channel, time.monotonic())
+            if payload is None and self._home is asyncio.get_running_loop():
+                payload = await self._local.get(channel, time.monotonic)
+            if payload is not None:
+                message = self._decode(payload)
+                if message is not None:
+                    return message
         self.require_valid_channel_name(channel, receive=True)
         if "!" in channel:
             if not self.is_local(channel):
@@ -394,6 +407,9 @@ class RedisChannelLayer(BaseChannelLayer):
                     f"channel {channel!r} belongs to another process; a process receives only "
                     f"the channels its own new_channel() made"
                 )
+            if len(self._receivable) >= RECEIVABLE_CACHE:
+                self._receivable.clear()
+            self._receivable.add(channel)
             while True:
                 if self._at_home():
                     payload = await self._local.get(channel, time.monotonic)
@@ -404,10 +420,10 @@ class RedisChannelLayer(BaseChannelLayer):
                     return message
         return await self._receive_plain(channel)
 
-    def _decode(self, payload: bytes) -> dict[str, Any] | None:
+    def _decode(self, payload: Payload) -> dict[str, Any] | None:
         """The message, or None (logged, counted in ``rejected``) for bytes we cannot read."""
         try:
-            return self._codec.decode(payload)
+            return unpack(payload, self._codec.decode)
         except UndecodableMessage as exc:
             self.counters.rejected += 1
             logger.warning("discarded an undecodable message: %s", exc)
@@ -575,6 +591,7 @@ class RedisChannelLayer(BaseChannelLayer):
         for task in list(self._background):
             await cancel_and_wait(task)
         self._home = None
+        self._home_thread = None
         loop = asyncio.get_running_loop()
         for client in self._clients.pop(loop, []):
             await client.aclose()

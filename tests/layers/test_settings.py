@@ -633,3 +633,15 @@ def test_backend_from_another_package_is_accepted() -> None:
     """A Channels-compatible layer that is not ours (Channels' own) can be the BACKEND."""
     layer = build_layer("other", {"BACKEND": "channels.layers.InMemoryChannelLayer"})
     assert type(layer).__module__ == "channels.layers"
+
+
+def test_channels_redis_pubsub_layer_is_accepted() -> None:
+    """Its methods live on instances (via __getattr__), not on the class."""
+    layer = build_layer(
+        "pubsub",
+        {
+            "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
+            "CONFIG": {"hosts": ["redis://127.0.0.1:1/0"]},
+        },
+    )
+    assert type(layer).__name__ == "RedisPubSubChannelLayer"

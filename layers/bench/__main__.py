@@ -1,0 +1,5 @@
+"""``python -m layers.bench``: the same as the ``layer-bench`` command."""
+
+from .cli import main
+
+raise SystemExit(main())
