@@ -84,6 +84,7 @@ from ..exceptions import (
 from ..local import LocalChannels, LocalGroups, Payload, shareable, unpack
 from ..serializers import DEFAULT_MAX_MESSAGE_SIZE, MessageCodec
 from . import scripts, wire
+from .batching import PushBatcher
 from .hosts import HostSpec, parse_hosts
 from .inbox import InboxReader
 from .reconnect import LOST_CONNECTION, Backoff, cancel_and_wait, logger
@@ -140,6 +141,7 @@ class RedisChannelLayer(BaseChannelLayer):
         self._local = LocalChannels(self.get_capacity, self.counters)
         self._groups = LocalGroups(self.group_expiry)
         self._clients: dict[asyncio.AbstractEventLoop, list[Redis]] = {}
+        self._batchers: dict[tuple[asyncio.AbstractEventLoop, int], PushBatcher] = {}
         self._home: asyncio.AbstractEventLoop | None = None
         self._inbox: InboxReader | None = None
         self._subscribers: dict[int, GroupSubscriber] = {}
@@ -167,6 +169,16 @@ class RedisChannelLayer(BaseChannelLayer):
     ) -> Any:
         with self._reaching(shard):
             return await script(self._client(shard), keys, args)
+
+    def _batcher(self, shard: int) -> PushBatcher:
+        """This event loop's send batcher for ``shard`` (see :mod:`layers.redis.batching`)."""
+        key = (asyncio.get_running_loop(), shard)
+        batcher = self._batchers.get(key)
+        if batcher is None:
+            for stale in [k for k in self._batchers if k[0].is_closed()]:
+                del self._batchers[stale]
+            batcher = self._batchers[key] = PushBatcher(self._client(shard), scripts.PUSH)
+        return batcher
 
     @contextlib.contextmanager
     def _reaching(self, shard: int) -> Iterator[None]:
@@ -382,7 +394,8 @@ class RedisChannelLayer(BaseChannelLayer):
             key, shard = wire.channel_key(self.prefix, channel), self._shard(channel)
             entry = wire.pack_list_entry(expires_at, "", sealed)
         capacity = self.get_capacity(channel)
-        pushed = await self._run(scripts.PUSH, shard, [key], [entry, capacity, self._expiry_ms])
+        with self._reaching(shard):
+            pushed = await self._batcher(shard).call([key], [entry, capacity, self._expiry_ms])
         if not pushed:
             raise ChannelFull(f"channel {channel!r} is at capacity {capacity}")
         self.counters.sent += 1
@@ -596,3 +609,4 @@ class RedisChannelLayer(BaseChannelLayer):
         for client in self._clients.pop(loop, []):
             await client.aclose()
         self._clients.clear()
+        self._batchers.clear()

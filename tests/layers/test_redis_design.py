@@ -116,3 +116,29 @@ async def test_foreign_bytes_in_our_keys_are_rejected_not_fatal(
     finally:
         await layer.flush()
         await layer.close()
+
+
+async def test_concurrent_sends_keep_their_order_and_their_answers(
+    redis_server: RedisServer, redis_prefix: str
+) -> None:
+    """Sends made together go out as one pipeline (layers.redis.batching): order kept, each
+    gets its own answer (ChannelFull for exactly those past capacity), each runs once, also
+    after the server forgot our scripts."""
+    layer = RedisChannelLayer(hosts=[redis_server.url], prefix=redis_prefix, capacity=5)
+    try:
+        redis_server.command("SCRIPT", "FLUSH")
+        results = await asyncio.gather(
+            *(layer.send("jobs", {"type": "job", "n": n}) for n in range(8)),
+            return_exceptions=True,
+        )
+        assert results[:5] == [None] * 5
+        assert all(isinstance(result, ChannelFull) for result in results[5:])
+        got = [await asyncio.wait_for(layer.receive("jobs"), 5) for _ in range(5)]
+        assert [message["n"] for message in got] == [0, 1, 2, 3, 4]
+
+        calls = stat(redis_server, "commandstats", r"cmdstat_evalsha:calls=(\d+)")
+        await asyncio.gather(*(layer.send(f"other{n}", {"type": "x"}) for n in range(5)))
+        assert stat(redis_server, "commandstats", r"cmdstat_evalsha:calls=(\d+)") - calls == 5
+    finally:
+        await layer.flush()
+        await layer.close()
