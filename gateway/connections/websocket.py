@@ -1,13 +1,19 @@
-"""WebSocket framing on a socket that an HTTP/1.1 upgrade handed over (wsproto).
+"""WebSocket framing (wsproto) over any byte carrier, and the HTTP/1.1 handshake that starts it.
 
-Carries one :class:`~gateway.streams.websocket.WebSocketStream`: completes or denies the
-handshake, reassembles fragmented messages up to the size limit (1009 beyond it, checked while
-inflating too, so a small deflated frame cannot expand in memory), answers pings, pings an idle
-client (closing 1011 when it stops answering), answers a frame it cannot parse with the Close
-code wsproto names (1002, 1007, ...), and bounds what is queued for a client that does not
-read: past ``websocket_write_buffer`` for ``websocket_write_timeout`` the socket is dropped
-(the app sees 1008). A Close frame that cannot be delivered within ``CLOSE_TIMEOUT`` (the
-client stopped reading) does not keep the socket open either.
+Two layers, split so that HTTP/2 (RFC 8441: the frames travel in the DATA frames of one
+stream) reuses everything after the handshake:
+
+- :class:`WebSocketSession` is that part, written against a :class:`WebSocketCarrier`, not a
+  socket. It reassembles fragmented messages up to the size limit (1009 beyond it, checked
+  while inflating too, so a small deflated frame cannot expand in memory), answers pings, pings
+  an idle client (closing 1011 when it stops answering), answers a frame it cannot parse with
+  the Close code wsproto names (1002, 1007, ...), and bounds what is queued for a client that
+  does not read: past ``websocket_write_buffer`` for ``websocket_write_timeout`` the carrier is
+  dropped (the app sees 1008). A Close frame that cannot be delivered within ``CLOSE_TIMEOUT``
+  (the client stopped reading) does not keep the carrier open either.
+- :class:`WebSocketHandler` is the HTTP/1.1 :class:`~gateway.streams.websocket.WebSocketResponder`:
+  it answers the upgrade with a 101 (or denies it through h11, which owns the connection until
+  then) and hands the socket, as a :class:`TransportCarrier`, to its session.
 """
 
 from __future__ import annotations
@@ -16,20 +22,13 @@ import asyncio
 import contextlib
 import logging
 import zlib
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from http import HTTPStatus
-from typing import Any
+from typing import Any, Protocol
 
 import h11
 from wsproto.connection import Connection, ConnectionState, ConnectionType
-from wsproto.events import (
-    BytesMessage,
-    CloseConnection,
-    Message,
-    Ping,
-    Pong,
-    TextMessage,
-)
+from wsproto.events import BytesMessage, CloseConnection, Message, Ping, Pong, TextMessage
 from wsproto.extensions import Extension, PerMessageDeflate
 from wsproto.frame_protocol import CloseReason, FrameDecoder, FrameProtocol
 from wsproto.utilities import LocalProtocolError, generate_accept_token
@@ -70,26 +69,101 @@ class BoundedDeflate(PerMessageDeflate):
         return inflated
 
 
-class WebSocketHandler:
-    """The :class:`WebSocketResponder` of an upgraded HTTP/1.1 connection."""
+def negotiate_deflate(offers: str, max_size: int) -> tuple[PerMessageDeflate, bytes] | None:
+    """The extension and the Sec-WebSocket-Extensions answer for the first usable offer."""
+    for offer in offers.split(","):
+        offer = offer.strip()
+        if offer.split(";", 1)[0].strip() != PerMessageDeflate.name:
+            continue
+        deflate = BoundedDeflate(max_size)
+        try:
+            accepted = deflate.accept(offer)
+        except ValueError:  # a malformed parameter: decline this offer
+            continue
+        if accepted is None or accepted is False:
+            continue
+        if isinstance(accepted, str) and accepted:
+            return deflate, f"{deflate.name}; {accepted}".encode()
+        return deflate, deflate.name.encode()
+    return None
+
+
+class WebSocketCarrier(Protocol):
+    """The byte pipe a WebSocket session rides: an upgraded HTTP/1.1 socket or one HTTP/2 stream.
+
+    The session needs no more than this, so HTTP/2 reuses it unchanged.
+    """
+
+    def write(self, data: bytes) -> None: ...
+
+    def is_closing(self) -> bool: ...
+
+    def close(self) -> None:
+        """Flush what is queued, then end (h1: ``transport.close()``; h2: END_STREAM)."""
+
+    def abort(self) -> None:
+        """Drop now (h1: ``transport.abort()``; h2: RST_STREAM)."""
+
+    def buffered(self) -> int:
+        """Bytes queued for the client, not yet taken by it."""
+
+    async def drain(self) -> None:
+        """Return when the client has taken enough (or the carrier is closing)."""
+
+    def pause_reading(self) -> None: ...
+
+    def resume_reading(self) -> None: ...
+
+
+class TransportCarrier:
+    """A :class:`WebSocketCarrier` over the socket of an upgraded HTTP/1.1 connection.
+
+    ``drain`` is the connection's: it owns the transport's pause_writing/resume_writing.
+    """
+
+    __slots__ = ("_drain", "transport")
+
+    def __init__(self, transport: asyncio.Transport, drain: Callable[[], Awaitable[None]]) -> None:
+        self.transport = transport
+        self._drain = drain
+
+    def write(self, data: bytes) -> None:
+        self.transport.write(data)
+
+    def is_closing(self) -> bool:
+        return self.transport.is_closing()
+
+    def close(self) -> None:
+        self.transport.close()
+
+    def abort(self) -> None:
+        self.transport.abort()
+
+    def buffered(self) -> int:
+        return self.transport.get_write_buffer_size()
+
+    async def drain(self) -> None:
+        await self._drain()
+
+    def pause_reading(self) -> None:
+        self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        self.transport.resume_reading()
+
+
+class WebSocketSession:
+    """Everything after the handshake, over a carrier: frames, limits, keep-alive, closing."""
 
     def __init__(
-        self,
-        transport: asyncio.Transport,
-        config: Config,
-        state: ServerState,
-        request: h11.Request,
-        h11_conn: h11.Connection,
-        drain: Callable[[], Any],
+        self, carrier: WebSocketCarrier, config: Config, state: ServerState, target: str
     ) -> None:
-        self.transport = transport
+        self.carrier = carrier
         self.config = config
         self.state = state
-        self.request = request
-        self.h11 = h11_conn
-        self._drain = drain
-        self.stream: WebSocketStream | None = None
-        self.ws: Connection | None = None
+        self.target = target  # names the WebSocket in the log
+        self.stream: WebSocketStream | None = None  # set by whoever creates it
+        self.ws: Connection | None = None  # None until start()
         self._pending = b""  # bytes that arrived before the handshake completed
         self._parts: list[bytes | str] = []
         self._size = 0
@@ -99,39 +173,14 @@ class WebSocketHandler:
         self.closed = False
         self.paused = False  # reading paused: the app is behind
 
-    # Handshake --------------------------------------------------------------------------------
+    @property
+    def started(self) -> bool:
+        return self.ws is not None
 
-    def accept(self, subprotocol: str | None, headers: list[tuple[bytes, bytes]]) -> None:
-        if self.closed or self.ws is not None or self.transport.is_closing():
-            raise ClientDisconnected("WebSocket closed before the handshake completed")
-        key = _header(self.request, b"sec-websocket-key") or b""
-        response = [
-            (b"upgrade", b"websocket"),
-            (b"connection", b"Upgrade"),
-            (b"sec-websocket-accept", generate_accept_token(key)),
-        ]
-        extensions: list[Extension] = []
-        offers = b", ".join(
-            value for name, value in self.request.headers if name == b"sec-websocket-extensions"
-        )
-        if offers and self.config.websocket_per_message_deflate:
-            negotiated = self._negotiate_deflate(offers.decode("latin-1"))
-            if negotiated is not None:
-                extensions.append(negotiated[0])
-                response.append((b"sec-websocket-extensions", negotiated[1]))
-        if subprotocol:
-            response.append((b"sec-websocket-protocol", subprotocol.encode()))
-        names = {name.lower() for name, _ in headers}
-        response.extend(pair for pair in self.state.default_headers() if pair[0] not in names)
-        response.extend(headers)
-        head = [b"HTTP/1.1 101 Switching Protocols\r\n"]
-        head.extend(b"%s: %s\r\n" % (name, value) for name, value in response)
-        head.append(b"\r\n")
-        # Bound what the transport queues for a client that does not read: writes pause past
-        # the limit, and ``send_message`` waits (up to the write timeout) for it to drain.
-        limit = self.config.websocket_write_buffer
-        self.transport.set_write_buffer_limits(high=limit, low=limit // 4)
-        self.transport.write(b"".join(head))
+    def start(self, extensions: list[Extension]) -> None:
+        """The handshake is done (its answer written): frames flow from here on."""
+        if self.ws is not None:
+            raise RuntimeError("WebSocket session started twice")
         self.ws = Connection(ConnectionType.SERVER, extensions)
         self.state.counters.websockets += 1
         self._arm_ping()
@@ -139,50 +188,13 @@ class WebSocketHandler:
             pending, self._pending = self._pending, b""
             self.data_received(pending)
 
-    def _negotiate_deflate(self, offers: str) -> tuple[PerMessageDeflate, bytes] | None:
-        """The extension and our Sec-WebSocket-Extensions answer for the first usable offer."""
-        for offer in offers.split(","):
-            offer = offer.strip()
-            if offer.split(";", 1)[0].strip() != PerMessageDeflate.name:
-                continue
-            deflate = BoundedDeflate(self.config.websocket_max_message_size)
-            try:
-                accepted = deflate.accept(offer)
-            except ValueError:  # a malformed parameter: decline this offer
-                continue
-            if accepted is None or accepted is False:
-                continue
-            if isinstance(accepted, str) and accepted:
-                return deflate, f"{deflate.name}; {accepted}".encode()
-            return deflate, deflate.name.encode()
-        return None
-
-    def deny(self, status: int, headers: list[tuple[bytes, bytes]], body: bytes, end: bool) -> None:
-        """An HTTP response instead of the upgrade (h11 still owns the connection)."""
-        try:
-            data = b""
-            if status:
-                response = h11.Response(status_code=status, headers=headers, reason=_reason(status))
-                data += self.h11.send(response) or b""
-            if body:
-                data += self.h11.send(h11.Data(data=body)) or b""
-            if end:
-                data += self.h11.send(h11.EndOfMessage()) or b""
-            self.transport.write(data)
-        except h11.LocalProtocolError as exc:
-            logger.error("WebSocket denial response refused: %s", exc)
-            end = True
-        if end:
-            self.closed = True
-            self.transport.close()
-
     # Frames -------------------------------------------------------------------------------------
 
     def data_received(self, data: bytes) -> None:
         ws = self.ws
         if ws is None:
             if len(self._pending) + len(data) > self.config.websocket_max_message_size:
-                self.transport.close()  # a client streaming frames before the handshake
+                self._abort()  # a client streaming frames before the handshake
                 return
             self._pending += data
             return
@@ -241,47 +253,48 @@ class WebSocketHandler:
 
     def _write(self, event: Any) -> None:
         ws = self.ws
-        if ws is None or self.transport.is_closing():
+        if ws is None or self.carrier.is_closing():
             return
         with contextlib.suppress(LocalProtocolError):  # closing already: nothing more may go
-            self.transport.write(ws.send(event))
+            self.carrier.write(ws.send(event))
 
     def _finish(self) -> None:
         self.closed = True
         self._cancel_timers()
-        self.transport.close()
-        if self.transport.get_write_buffer_size():
+        carrier = self.carrier
+        carrier.close()
+        if carrier.buffered():
             # close() waits for the buffer to flush, which a client that does not read never
-            # lets happen: drop the socket if it has not gone by then.
+            # lets happen: drop the carrier if it has not gone by then.
             loop = asyncio.get_running_loop()
-            self._close_timer = loop.call_later(CLOSE_TIMEOUT, self.transport.abort)
+            self._close_timer = loop.call_later(CLOSE_TIMEOUT, carrier.abort)
 
     def _abort(self) -> None:
         self.closed = True
         self._cancel_timers()
-        self.transport.abort()
+        self.carrier.abort()
 
-    # The responder side ------------------------------------------------------------------------
+    # What the responder delegates ---------------------------------------------------------------
 
     async def send_message(self, data: str | bytes) -> None:
-        ws = self.ws
-        if ws is None or ws.state is not ConnectionState.OPEN or self.transport.is_closing():
+        ws, carrier = self.ws, self.carrier
+        if ws is None or ws.state is not ConnectionState.OPEN or carrier.is_closing():
             raise ClientDisconnected("WebSocket is closed")
-        self.transport.write(
+        carrier.write(
             ws.send(TextMessage(data=data) if isinstance(data, str) else BytesMessage(data=data))
         )
-        if self.transport.get_write_buffer_size() > self.config.websocket_write_buffer:
+        if carrier.buffered() > self.config.websocket_write_buffer:
             try:
-                await asyncio.wait_for(self._drain(), self.config.websocket_write_timeout)
+                await asyncio.wait_for(carrier.drain(), self.config.websocket_write_timeout)
             except TimeoutError:
                 if not self.closed:
                     self.state.counters.slow_clients_closed += 1
                     logger.warning(
                         "closing WebSocket %s: the client read too little for %g s "
                         "with %d bytes queued",
-                        self.request.target.decode("latin-1"),
+                        self.target,
                         self.config.websocket_write_timeout,
-                        self.transport.get_write_buffer_size(),
+                        carrier.buffered(),
                     )
                     self._gone(1008, "client too slow")
                     self._abort()  # no Close frame: it could not get through the full buffer
@@ -289,27 +302,27 @@ class WebSocketHandler:
 
     def close(self, code: int, reason: str) -> None:
         ws = self.ws
-        if ws is None:  # no handshake yet (or a denial cut short): drop the connection
+        if ws is None:  # no handshake yet (or a denial cut short): drop the carrier
             if not self.closed:
                 self._abort()
             return
         if ws.state is ConnectionState.OPEN:
             self._write(CloseConnection(code=code, reason=reason or None))
             # No answering Close in time (or ours is stuck behind a client that does not read):
-            # drop the socket.
+            # drop the carrier.
             loop = asyncio.get_running_loop()
             self._close_timer = loop.call_later(CLOSE_TIMEOUT, self._abort)
         elif ws.state is not ConnectionState.CLOSED:
             self._finish()
 
     def shutdown(self, restart: bool) -> None:
-        """Server going away: 1012 for a restart, 1001 otherwise."""
-        code = 1012 if restart else 1001
+        """Server going away: 1012 for a restart, 1001 otherwise.
+
+        Only after start(): before it the handshake's owner answers (503 on HTTP/1.1).
+        """
         if self.ws is None:
-            if self.h11.our_state is h11.SEND_RESPONSE:  # else the app's denial is under way
-                self._gone(code)  # the app's accept now fails; it sees the disconnect
-                self.deny(503, [(b"content-length", b"0"), (b"connection", b"close")], b"", True)
             return
+        code = 1012 if restart else 1001
         self.close(code, "server restart" if restart else "server shutting down")
         self._gone(code)
 
@@ -321,14 +334,14 @@ class WebSocketHandler:
     def pause_reading(self) -> None:
         if not self.paused:
             self.paused = True
-            if not self.transport.is_closing():
-                self.transport.pause_reading()
+            if not self.carrier.is_closing():
+                self.carrier.pause_reading()
 
     def resume_reading(self) -> None:
         if self.paused:
             self.paused = False
-            if not self.transport.is_closing():
-                self.transport.resume_reading()
+            if not self.carrier.is_closing():
+                self.carrier.resume_reading()
 
     # Keep-alive -------------------------------------------------------------------------------
 
@@ -354,7 +367,7 @@ class WebSocketHandler:
 
     def _no_pong(self) -> None:
         self._pong_deadline = None
-        logger.info("closing WebSocket %s: no pong within the ping timeout", self.request.target)
+        logger.info("closing WebSocket %s: no pong within the ping timeout", self.target)
         self._gone(1011, "keepalive ping timeout")
         self.close(1011, "keepalive ping timeout")
         self._finish()
@@ -364,6 +377,126 @@ class WebSocketHandler:
             if timer is not None:
                 timer.cancel()
         self._ping_timer = self._pong_deadline = self._close_timer = None
+
+
+class WebSocketHandler:
+    """The :class:`WebSocketResponder` of an upgraded HTTP/1.1 connection: the handshake.
+
+    h11 owns the connection until the 101 goes out (a denial is an ordinary response through
+    it); from then on the socket is the :class:`WebSocketSession`'s.
+    """
+
+    def __init__(
+        self,
+        transport: asyncio.Transport,
+        config: Config,
+        state: ServerState,
+        request: h11.Request,
+        h11_conn: h11.Connection,
+        drain: Callable[[], Awaitable[None]],
+    ) -> None:
+        self.transport = transport
+        self.config = config
+        self.state = state
+        self.request = request
+        self.h11 = h11_conn
+        target = request.target.decode("latin-1")
+        self.session = WebSocketSession(TransportCarrier(transport, drain), config, state, target)
+
+    @property
+    def stream(self) -> WebSocketStream | None:
+        return self.session.stream
+
+    @stream.setter
+    def stream(self, stream: WebSocketStream | None) -> None:
+        self.session.stream = stream
+
+    @property
+    def paused(self) -> bool:
+        return self.session.paused
+
+    def accept(self, subprotocol: str | None, headers: list[tuple[bytes, bytes]]) -> None:
+        session = self.session
+        if session.closed or session.started or self.transport.is_closing():
+            raise ClientDisconnected("WebSocket closed before the handshake completed")
+        key = _header(self.request, b"sec-websocket-key") or b""
+        response = [
+            (b"upgrade", b"websocket"),
+            (b"connection", b"Upgrade"),
+            (b"sec-websocket-accept", generate_accept_token(key)),
+        ]
+        extensions: list[Extension] = []
+        offers = b", ".join(
+            value for name, value in self.request.headers if name == b"sec-websocket-extensions"
+        )
+        if offers and self.config.websocket_per_message_deflate:
+            negotiated = negotiate_deflate(
+                offers.decode("latin-1"), self.config.websocket_max_message_size
+            )
+            if negotiated is not None:
+                extensions.append(negotiated[0])
+                response.append((b"sec-websocket-extensions", negotiated[1]))
+        if subprotocol:
+            response.append((b"sec-websocket-protocol", subprotocol.encode()))
+        names = {name.lower() for name, _ in headers}
+        response.extend(pair for pair in self.state.default_headers() if pair[0] not in names)
+        response.extend(headers)
+        head = [b"HTTP/1.1 101 Switching Protocols\r\n"]
+        head.extend(b"%s: %s\r\n" % (name, value) for name, value in response)
+        head.append(b"\r\n")
+        # Bound what the transport queues for a client that does not read: writes pause past
+        # the limit, and ``send_message`` waits (up to the write timeout) for it to drain.
+        limit = self.config.websocket_write_buffer
+        self.transport.set_write_buffer_limits(high=limit, low=limit // 4)
+        self.transport.write(b"".join(head))
+        session.start(extensions)
+
+    def deny(self, status: int, headers: list[tuple[bytes, bytes]], body: bytes, end: bool) -> None:
+        """An HTTP response instead of the upgrade (h11 still owns the connection)."""
+        try:
+            data = b""
+            if status:
+                response = h11.Response(status_code=status, headers=headers, reason=_reason(status))
+                data += self.h11.send(response) or b""
+            if body:
+                data += self.h11.send(h11.Data(data=body)) or b""
+            if end:
+                data += self.h11.send(h11.EndOfMessage()) or b""
+            self.transport.write(data)
+        except h11.LocalProtocolError as exc:
+            logger.error("WebSocket denial response refused: %s", exc)
+            end = True
+        if end:
+            self.session.closed = True  # a later close() must not cut the response short
+            self.transport.close()
+
+    def data_received(self, data: bytes) -> None:
+        self.session.data_received(data)
+
+    async def send_message(self, data: str | bytes) -> None:
+        await self.session.send_message(data)
+
+    def close(self, code: int, reason: str) -> None:
+        self.session.close(code, reason)
+
+    def shutdown(self, restart: bool) -> None:
+        """Server going away: 1012 for a restart, 1001 otherwise (503 before the handshake)."""
+        if self.session.started:
+            self.session.shutdown(restart)
+            return
+        if self.h11.our_state is h11.SEND_RESPONSE:  # else the app's denial is under way
+            if self.stream is not None:  # the app's accept now fails; it sees the disconnect
+                self.stream.feed_disconnect(1012 if restart else 1001)
+            self.deny(503, [(b"content-length", b"0"), (b"connection", b"close")], b"", True)
+
+    def connection_lost(self) -> None:
+        self.session.connection_lost()
+
+    def pause_reading(self) -> None:
+        self.session.pause_reading()
+
+    def resume_reading(self) -> None:
+        self.session.resume_reading()
 
 
 def _header(request: h11.Request, name: bytes) -> bytes | None:
