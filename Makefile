@@ -36,13 +36,16 @@ redis-server:
 
 # The deployment tests (tests/e2e/test_deploy.py, test_browser.py) run nginx (the load
 # balancer), Debian's chromium (driven by Playwright, whose own browser download is never used)
-# and docker-compose (validates docker-compose.yml; no Docker engine is needed). Install the
+# and docker-compose (validates docker-compose.yml; no Docker engine is needed); the HTTP/2
+# tests run h2load (nghttp2-client) and curl. Install the
 # missing ones; under CI the tests fail rather than skip without them.
 test-tools:
 	@missing=; \
 	command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || missing="$$missing nginx"; \
 	command -v chromium >/dev/null || missing="$$missing chromium fonts-liberation"; \
 	command -v docker-compose >/dev/null || missing="$$missing docker-compose"; \
+	command -v h2load >/dev/null || missing="$$missing nghttp2-client"; \
+	command -v curl >/dev/null || missing="$$missing curl"; \
 	if [ -n "$$missing" ]; then \
 	  echo "not found:$$missing: installing with apt-get"; \
 	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \

@@ -288,6 +288,20 @@ LISTEN, TLS, APP, PROXY, HTTP, WS, LOG = GROUPS[:7]
     help="Largest request line plus headers; larger gets 431.",
 )
 @option(
+    "--http2/--no-http2",
+    group=HTTP,
+    default=_DEFAULTS["http2"],
+    help="Speak HTTP/2: h2 by TLS ALPN, h2c by prior knowledge or Upgrade.",
+)
+@option(
+    "--h2-max-concurrent-streams",
+    group=HTTP,
+    type=click.IntRange(1, 2**31 - 1),
+    default=_DEFAULTS["h2_max_concurrent_streams"],
+    metavar="N",
+    help="Streams an HTTP/2 client may open at once; more close its connection.",
+)
+@option(
     "--ping-interval",
     group=WS,
     type=SECONDS,
@@ -413,6 +427,8 @@ def build_config(options: dict[str, Any]) -> Config:
         factory=options["factory"],
         backlog=options["backlog"],
         loop=options["loop"],
+        http2=options["http2"],
+        h2_max_concurrent_streams=options["h2_max_concurrent_streams"],
     )
 
 

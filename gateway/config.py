@@ -70,6 +70,8 @@ class Config:
     factory: bool = False
     backlog: int = 2048
     loop: Literal["auto", "asyncio", "uvloop"] = "auto"  # auto: uvloop when installed
+    http2: bool = True  # h2 by ALPN, by the connection preface and by Upgrade: h2c
+    h2_max_concurrent_streams: int = 100  # SETTINGS_MAX_CONCURRENT_STREAMS; more: GOAWAY
 
     def __post_init__(self) -> None:
         for name in ("port", "workers", "backlog", "limit_request_body", "limit_request_head"):
@@ -82,6 +84,13 @@ class Config:
             raise ConfigError(f"lifespan must be auto, on or off, got {self.lifespan!r}")
         if bool(self.ssl_certfile) != bool(self.ssl_keyfile):
             raise ConfigError("--ssl-certfile and --ssl-keyfile go together")
+        if not isinstance(self.h2_max_concurrent_streams, int) or not (
+            1 <= self.h2_max_concurrent_streams <= 2**31 - 1
+        ):
+            raise ConfigError(
+                "h2_max_concurrent_streams must be between 1 and 2**31-1, "
+                f"got {self.h2_max_concurrent_streams!r}"
+            )
         if self.websocket_max_message_size <= 0:
             raise ConfigError("websocket_max_message_size must be positive")
         self._forwarded_networks = [
@@ -144,7 +153,7 @@ class Config:
                 f"cannot load TLS certificate {self.ssl_certfile!r} / key "
                 f"{self.ssl_keyfile!r}: {exc}"
             ) from exc
-        context.set_alpn_protocols(["http/1.1"])
+        context.set_alpn_protocols(["h2", "http/1.1"] if self.http2 else ["http/1.1"])
         return context
 
     def load_app(self) -> ASGIApp:

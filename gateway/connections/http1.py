@@ -27,7 +27,10 @@ from ..config import ASGIApp, Config, Scope
 from ..state import ServerState
 from ..streams.http import HTTPStream, ProtocolViolation
 from ..streams.websocket import WebSocketStream
+from .addresses import from_proxy, socket_addresses
 from .h1writer import ResponseFramingError, ResponseWriter
+from .http2 import PREFACE as H2_PREFACE
+from .http2 import HTTP2Connection
 from .websocket import WebSocketHandler
 
 logger = logging.getLogger("gateway.error")
@@ -61,6 +64,14 @@ def _header_list(request: h11.Request) -> list[tuple[bytes, bytes]]:
     if items is None:  # a future h11 without it: the public, slower way
         return [(name, value) for name, value in request.headers]
     return [(name, value) for _, name, value in items]
+
+
+def _h2c_settings(headers: list[tuple[bytes, bytes]], connection: bytes) -> bytes | None:
+    """The HTTP2-Settings of a well-formed ``Upgrade: h2c`` request, else None."""
+    if b"http2-settings" not in connection or b"upgrade" not in connection:
+        return None
+    values = [value for name, value in headers if name == b"http2-settings"]
+    return values[0] if len(values) == 1 else None
 
 
 def _error_response(status: int, detail: str = "") -> bytes:
@@ -100,6 +111,9 @@ class HTTP1Connection(asyncio.Protocol):
         self._head_request = False
         self._http11 = True
         self._keep_alive = True
+        # Cleartext HTTP/2 by prior knowledge: the first bytes are checked against its preface.
+        self._sniffing = config.http2
+        self._sniffed = b""
 
     # asyncio.Protocol -------------------------------------------------------------------------
 
@@ -108,16 +122,14 @@ class HTTP1Connection(asyncio.Protocol):
         self.transport = cast(asyncio.Transport, transport)
         transport = self.transport
         self.state.connections.add(self)
-        peer = transport.get_extra_info("peername")
-        sock = transport.get_extra_info("sockname")
-        if isinstance(peer, (tuple, list)) and len(peer) >= 2:
-            self.client = (str(peer[0]), int(peer[1]))
-        if isinstance(sock, (tuple, list)) and len(sock) >= 2:
-            self.server = (str(sock[0]), int(sock[1]))
-        elif isinstance(sock, str) and sock:
-            self.server = (sock, None)
-        if transport.get_extra_info("sslcontext") is not None:
-            self.scheme = "https"
+        self.client, self.server, self.scheme = socket_addresses(transport)
+        if self.scheme == "https":
+            self._sniffing = False  # over TLS, HTTP/2 is chosen by ALPN
+            ssl_object = transport.get_extra_info("ssl_object")
+            alpn = ssl_object.selected_alpn_protocol() if ssl_object is not None else None
+            if self.config.http2 and alpn == "h2":
+                self._switch_to_http2().start()
+                return
         self._set_timer(self.config.timeout_request_headers, self._on_head_timeout)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -146,6 +158,16 @@ class HTTP1Connection(asyncio.Protocol):
         if self.websocket is not None:
             self.websocket.data_received(data)
             return
+        if self._sniffing:
+            data = self._sniffed + data
+            size = min(len(data), len(H2_PREFACE))
+            if data[:size] == H2_PREFACE[:size]:
+                if size < len(H2_PREFACE):
+                    self._sniffed = data  # could still be either
+                    return
+                self._switch_to_http2().start(data)
+                return
+            self._sniffing, self._sniffed = False, b""
         if self._awaiting_head:
             # RFC 9112 §2.2: ignore empty lines before a request line (some clients send a CRLF
             # after a body); h11 would answer them with a 400.
@@ -254,6 +276,11 @@ class HTTP1Connection(asyncio.Protocol):
                     connection = value.lower()
                 else:
                     expect = value.lower()
+        if request.http_version not in (b"1.1", b"1.0"):
+            # h11 takes any d.d: HTTP/2's preface (with --no-http2, or mangled) must not
+            # reach the app as a "PRI *" request.
+            self._reject(505, "only HTTP/1.0 and HTTP/1.1 are served here")
+            return
         if head_size > self.config.limit_request_head:
             self._reject(431, f"request head over {self.config.limit_request_head} bytes")
             return
@@ -274,6 +301,13 @@ class HTTP1Connection(asyncio.Protocol):
         if b"websocket" in upgrade and b"upgrade" in connection and request.method == b"GET":
             self._start_websocket(request, scope)
             return
+        if upgrade == b"h2c" and not declared and not chunked:
+            settings = _h2c_settings(headers, connection)
+            if settings is not None and self.config.http2 and self.scheme == "http":
+                scope["type"] = "http"
+                scope["method"] = request.method.decode("ascii")
+                self._upgrade_to_http2(settings, scope)
+                return
         if declared > self.config.limit_request_body:
             self._reject(413, f"body over {self.config.limit_request_body} bytes")
             return
@@ -287,14 +321,33 @@ class HTTP1Connection(asyncio.Protocol):
             stream.on_first_receive = self._continue
         self._run(stream.run())
 
+    def _switch_to_http2(self) -> HTTP2Connection:
+        """Hand the socket to an HTTP/2 connection; this object is done with it."""
+        transport = self.transport
+        assert transport is not None
+        self._cancel_timer()
+        self.state.connections.discard(self)
+        self.transport = None
+        successor = HTTP2Connection(self.config, self.app, self.state)
+        transport.set_protocol(successor)
+        successor.connection_made(transport)
+        return successor
+
+    def _upgrade_to_http2(self, settings: bytes, scope: Scope) -> None:
+        """RFC 7540 §3.2: answer 101, then the request is stream 1 of an HTTP/2 connection."""
+        assert self.transport is not None
+        trailing, _ = self.h11.trailing_data
+        self.transport.write(
+            b"HTTP/1.1 101 Switching Protocols\r\nconnection: Upgrade\r\nupgrade: h2c\r\n\r\n"
+        )
+        self._switch_to_http2().start_upgraded(settings, scope, bytes(trailing))
+
     def _scope(self, request: h11.Request, headers: list[tuple[bytes, bytes]]) -> Scope:
         target = request.target
         raw_path, _, query = target.partition(b"?")
         if raw_path[:1] != b"/" and b"://" in raw_path:  # absolute-form target
             raw_path = b"/" + raw_path.split(b"://", 1)[1].partition(b"/")[2]
-        client, scheme = self.client, self.scheme
-        if self.config.proxy_headers and self.config.trusts_proxy(client[0] if client else None):
-            client, scheme = self._from_proxy(headers, client, scheme)
+        client, scheme = from_proxy(self.config, headers, self.client, self.scheme)
         root = self.config.root_path
         return {
             "asgi": {"version": "3.0", "spec_version": "2.4"},
@@ -309,23 +362,6 @@ class HTTP1Connection(asyncio.Protocol):
             "server": self.server,
             "state": dict(self.state.app_state),
         }
-
-    def _from_proxy(
-        self, headers: list[tuple[bytes, bytes]], client: tuple[str, int] | None, scheme: str
-    ) -> tuple[tuple[str, int] | None, str]:
-        for name, value in headers:
-            if name == b"x-forwarded-proto":
-                proto = value.decode("latin-1").split(",")[-1].strip().lower()
-                if proto in ("http", "https", "ws", "wss"):
-                    scheme = {"ws": "http", "wss": "https"}.get(proto, proto)
-            elif name == b"x-forwarded-for":
-                hops = [hop.strip() for hop in value.decode("latin-1").split(",") if hop.strip()]
-                # The right-most hop that is not one of our trusted proxies is the client.
-                for hop in reversed(hops):
-                    if not self.config.trusts_proxy(hop) or hop == hops[0]:
-                        client = (hop, 0)
-                        break
-        return client, scheme
 
     def _start_websocket(self, request: h11.Request, scope: Scope) -> None:
         assert self.transport is not None
@@ -436,6 +472,10 @@ class HTTP1Connection(asyncio.Protocol):
             transport.write(data)
         if end:
             self._response_done()
+
+    def send_trailers(self, headers: list[tuple[bytes, bytes]]) -> None:
+        """Never called: HTTP/1.1 scopes do not offer ``http.response.trailers``."""
+        raise ProtocolViolation("response trailers are offered on HTTP/2 only")
 
     def _response_done(self) -> None:
         transport = self.transport

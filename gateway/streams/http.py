@@ -49,6 +49,9 @@ class Responder(Protocol):
     def send_body(self, body: bytes, end: bool) -> None:
         """Send more body; ``end`` completes the response."""
 
+    def send_trailers(self, headers: list[tuple[bytes, bytes]]) -> None:
+        """Send the trailers, completing the response (only where the scope offers them)."""
+
     async def drain(self) -> None:
         """Return when the client has taken enough of what we sent (write backpressure)."""
 
@@ -78,6 +81,9 @@ class HTTPStream:
         self.scope = scope
         self.responder = responder
         self.head_request = scope["method"] == "HEAD"
+        # ASGI's http.response.trailers extension: offered by HTTP/2 connections.
+        self.trailers_offered = "http.response.trailers" in scope.get("extensions", ())
+        self._trailers: list[tuple[bytes, bytes]] | None = None  # awaited after the body
         self._body: deque[bytes] = deque()
         self._buffered = 0
         self._body_complete = False
@@ -91,6 +97,7 @@ class HTTPStream:
         # The head is held back until the first body message; until it goes out, a fault can
         # still become a clean 500.
         self._head_sent = False
+        self._body_done = False  # the last body part went out (trailers may follow)
         self._sent_bytes = 0
         self._started_at = time.perf_counter()
         # Called once, when the app first waits for body: HTTP/1.1 sends 100 Continue then.
@@ -224,6 +231,9 @@ class HTTPStream:
             return
         if self.response_complete:
             raise ProtocolViolation(f"{kind!r} sent after the response was complete")
+        if self._trailers is not None and self._body_done:
+            self._send_trailers(message)
+            return
         if kind != "http.response.body":
             raise ProtocolViolation(f"expected 'http.response.body', got {kind!r}")
         body = message.get("body", b"")
@@ -234,45 +244,69 @@ class HTTPStream:
             body = b""
         body = bytes(body)
         self._sent_bytes += len(body)
+        # With trailers announced, the last body part leaves the response open for them.
+        end = not more and self._trailers is None
         if not more:
-            self.response_complete = True
-            self._wake()
+            self._body_done = True
+            if end:
+                self.response_complete = True
+                self._wake()
         headers = self._headers
         if headers is not None:
             self._headers = None
             self._head_sent = True
-            self.responder.send_response(self._status, headers, body, end=not more)
+            self.responder.send_response(self._status, headers, body, end=end)
         else:
-            self.responder.send_body(body, end=not more)
+            self.responder.send_body(body, end=end)
         if more:
             await self.responder.drain()
+
+    def _send_trailers(self, message: Message) -> None:
+        kind = message.get("type")
+        if kind != "http.response.trailers":
+            raise ProtocolViolation(f"expected 'http.response.trailers', got {kind!r}")
+        assert self._trailers is not None
+        self._trailers += _validated_headers(message.get("headers", ()))
+        if message.get("more_trailers", False):
+            return
+        self.response_complete = True
+        self._wake()
+        self.responder.send_trailers(self._trailers)
 
     def _start(self, message: Message) -> None:
         status = message.get("status")
         if not isinstance(status, int) or not 100 <= status <= 999:
             raise ProtocolViolation(f"http.response.start 'status' must be an int, got {status!r}")
-        headers: list[tuple[bytes, bytes]] = []
-        for pair in message.get("headers", ()):
-            try:
-                name, value = pair
-            except (TypeError, ValueError):
-                raise ProtocolViolation(f"response header {pair!r} is not a pair") from None
-            if not isinstance(name, bytes) or not isinstance(value, bytes):
-                raise ProtocolViolation(f"response header {pair!r} must be a pair of bytes")
-            lowered = _VALID_NAMES.get(name)
-            if lowered is None:
-                if not _TOKEN.fullmatch(name):
-                    raise ProtocolViolation(f"response header name {name!r} is not a token")
-                lowered = name.lower()
-                if len(_VALID_NAMES) < 1024:  # names repeat: remember the good ones
-                    _VALID_NAMES[name] = lowered
-            name = lowered
-            if b"\r" in value or b"\n" in value or b"\0" in value:
-                raise ProtocolViolation(f"response header {name!r} holds CR, LF or NUL")
-            headers.append((name, value))
+        headers = _validated_headers(message.get("headers", ()))
+        if message.get("trailers", False) and self.trailers_offered:
+            self._trailers = []
         self.response_started = True
         self._status = status
         self._headers = headers
+
+
+def _validated_headers(pairs: Any) -> list[tuple[bytes, bytes]]:
+    """The app's header pairs, names lower-cased; a name that is no token or a value with
+    CR, LF or NUL (which could split the head) is a :class:`ProtocolViolation`."""
+    headers: list[tuple[bytes, bytes]] = []
+    for pair in pairs:
+        try:
+            name, value = pair
+        except (TypeError, ValueError):
+            raise ProtocolViolation(f"response header {pair!r} is not a pair") from None
+        if not isinstance(name, bytes) or not isinstance(value, bytes):
+            raise ProtocolViolation(f"response header {pair!r} must be a pair of bytes")
+        lowered = _VALID_NAMES.get(name)
+        if lowered is None:
+            if not _TOKEN.fullmatch(name):
+                raise ProtocolViolation(f"response header name {name!r} is not a token")
+            lowered = name.lower()
+            if len(_VALID_NAMES) < 1024:  # names repeat: remember the good ones
+                _VALID_NAMES[name] = lowered
+        if b"\r" in value or b"\n" in value or b"\0" in value:
+            raise ProtocolViolation(f"response header {lowered!r} holds CR, LF or NUL")
+        headers.append((lowered, value))
+    return headers
 
 
 def new_scope(**fields: Any) -> Scope:

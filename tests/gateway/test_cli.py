@@ -100,6 +100,7 @@ def test_every_flag_reaches_config(captured: list[Config]) -> None:
             *("--lifespan", "on", "--timeout-keep-alive", "6", "--timeout-request-headers", "8"),
             *("--limit-concurrency", "100", "--limit-request-body", "1000"),
             *("--limit-request-head", "2000", "--graceful-timeout", "9", "--backlog", "64"),
+            *("--no-http2", "--h2-max-concurrent-streams", "16"),
             "--factory",
             "tests.gateway.apps:make_hello",
         ]
@@ -135,6 +136,8 @@ def test_every_flag_reaches_config(captured: list[Config]) -> None:
         graceful_timeout=9.0,
         factory=True,
         backlog=64,
+        http2=False,
+        h2_max_concurrent_streams=16,
     )
 
 
@@ -170,6 +173,7 @@ def test_environment_sets_every_kind_of_option(captured: list[Config]) -> None:
         (["--workers", "0", "a:b"], "must be at least 1"),
         (["--ping-interval", "soon", "a:b"], "not a valid float"),
         (["--lifespan", "maybe", "a:b"], "maybe"),
+        (["--h2-max-concurrent-streams", "0", "a:b"], "not in the range 1<=x<=2147483647"),
         (["-u", "/tmp/s", "--fd", "3", "a:b"], "either --unix-socket or --fd"),
         (["-u", "/tmp/s", "-p", "9000", "a:b"], "replace --bind/--port"),
         ([], "Missing argument 'APP'"),

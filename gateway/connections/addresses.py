@@ -1,0 +1,52 @@
+"""Who is on each end of a connection, for the scope: the socket's addresses and scheme, or
+what a trusted proxy's X-Forwarded-* headers say (shared by HTTP/1.1 and HTTP/2)."""
+
+from __future__ import annotations
+
+import asyncio
+
+from ..config import Config
+
+Address = tuple[str, int]
+
+
+def socket_addresses(
+    transport: asyncio.BaseTransport,
+) -> tuple[Address | None, tuple[str, int | None] | None, str]:
+    """``(client, server, scheme)`` of a transport: (host, port) pairs, a unix socket's path."""
+    peer = transport.get_extra_info("peername")
+    sock = transport.get_extra_info("sockname")
+    client: Address | None = None
+    server: tuple[str, int | None] | None = None
+    if isinstance(peer, (tuple, list)) and len(peer) >= 2:
+        client = (str(peer[0]), int(peer[1]))
+    if isinstance(sock, (tuple, list)) and len(sock) >= 2:
+        server = (str(sock[0]), int(sock[1]))
+    elif isinstance(sock, str) and sock:
+        server = (sock, None)
+    scheme = "https" if transport.get_extra_info("sslcontext") is not None else "http"
+    return client, server, scheme
+
+
+def from_proxy(
+    config: Config,
+    headers: list[tuple[bytes, bytes]],
+    client: tuple[str, int] | None,
+    scheme: str,
+) -> tuple[tuple[str, int] | None, str]:
+    """``(client, scheme)`` as ``X-Forwarded-For``/``-Proto`` tell them, if we trust the peer."""
+    if not config.proxy_headers or not config.trusts_proxy(client[0] if client else None):
+        return client, scheme
+    for name, value in headers:
+        if name == b"x-forwarded-proto":
+            proto = value.decode("latin-1").split(",")[-1].strip().lower()
+            if proto in ("http", "https", "ws", "wss"):
+                scheme = {"ws": "http", "wss": "https"}.get(proto, proto)
+        elif name == b"x-forwarded-for":
+            hops = [hop.strip() for hop in value.decode("latin-1").split(",") if hop.strip()]
+            # The right-most hop that is not one of our trusted proxies is the client.
+            for hop in reversed(hops):
+                if not config.trusts_proxy(hop) or hop == hops[0]:
+                    client = (hop, 0)
+                    break
+    return client, scheme
