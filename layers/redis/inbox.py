@@ -7,6 +7,11 @@ with ``LPOP key N`` while the list has any and ``BLPOP`` when it is empty (two r
 message that arrives alone). An entry taken is removed from Redis at once, so a message is
 delivered at most once; entries still in the list when Redis restarts without persistence are
 lost, and so are the entries being taken if the process dies at that instant.
+
+The connection is a :class:`~layers.redis.link.RespLink` and the reading runs in its reply
+callback: a reply's entries are handed over and the next command (packed once) is written at
+once, with no task switch per message. The reader's task only waits for the link to fail, and
+then opens a new one.
 """
 
 from __future__ import annotations
@@ -14,16 +19,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Callable
-from typing import Any, cast
+from typing import Any
 
-from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
+from . import resp
 from .hosts import HostSpec
+from .link import RespLink
 from .reconnect import CONNECTION_ERRORS, Backoff, cancel_and_wait, logger
 
 BATCH = 512
 BLOCK_SECONDS = 2
+AHEAD = 16  # BLMPOPs queued at the server: one write for every AHEAD // 2 replies
 
 
 class InboxReader:
@@ -36,7 +43,14 @@ class InboxReader:
         self._key = key
         self._on_entry = on_entry
         self._name = name
-        self._client: Redis | None = None
+        self._blmpop = resp.pack("BLMPOP", BLOCK_SECONDS, 1, key, "LEFT", "COUNT", BATCH)
+        self._lpop = resp.pack("LPOP", key, BATCH)
+        self._blpop = resp.pack("BLPOP", key, BLOCK_SECONDS)
+        self._link: RespLink | None = None
+        self._ended: asyncio.Future[None] | None = None  # fails when reading must start over
+        self._outstanding = 0  # BLMPOPs written and not yet answered
+        self._redis_6 = False  # no BLMPOP on this server: LPOP and BLPOP instead
+        self._backoff = Backoff(f"inbox {name}")
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -49,52 +63,113 @@ class InboxReader:
         task, self._task = self._task, None
         if task is not None:
             await cancel_and_wait(task)
-        client, self._client = self._client, None
-        if client is not None:
+        self._drop_link()
+
+    def _drop_link(self) -> None:
+        link, self._link = self._link, None
+        if link is not None:
             with contextlib.suppress(*CONNECTION_ERRORS):
-                await client.aclose()
+                link.close()
 
     async def _run(self) -> None:
-        backoff = Backoff(f"inbox {self._name}")
+        backoff = self._backoff
         while True:
             try:
-                if self._client is None:
-                    self._client = self._host.client(retries=0)
-                await self._read(self._client, backoff)
+                self._link = await RespLink.open(self._host)
+                self._ended = asyncio.get_running_loop().create_future()
+                self._outstanding, self._redis_6 = 0, False
+                self._ask_ahead()
+                await self._ended
             except asyncio.CancelledError:
                 raise
             except CONNECTION_ERRORS as exc:
+                self._drop_link()
                 await backoff.failed(exc)
             except Exception:  # a bug must not silently end delivery to this process
                 logger.exception("inbox %s: unexpected error", self._name)
+                self._drop_link()
                 await backoff.failed(RuntimeError("unexpected error"))
+            finally:
+                self._ended = None
 
-    async def _read(self, client: Redis, backoff: Backoff) -> None:
-        key = self._key
-        on_entry = self._on_entry
-        while True:  # Redis 7: BLMPOP, until the server says it does not know it
-            try:
-                reply = cast(
-                    "list[Any] | None",
-                    await client.blmpop(BLOCK_SECONDS, 1, key, direction="LEFT", count=BATCH),
-                )
-            except ResponseError as exc:
-                if "unknown command" not in str(exc).lower():
-                    raise
-                break
-            backoff.succeeded()
-            if reply is not None:  # [key, [entry, ...]]
+    def _end(self, error: BaseException) -> None:
+        ended = self._ended
+        if ended is not None and not ended.done():
+            ended.set_exception(error)
+
+    def _ask_ahead(self) -> None:
+        """Queue BLMPOPs at the server, so that a message costs one reply and no write.
+
+        Redis runs a client's commands one after the other, the next once the blocked one is
+        answered: entries still come in order, each once. Commands still queued when the
+        connection closes are dropped by the server unrun, so nothing more is lost than with
+        one command in flight.
+        """
+        link = self._link
+        if link is None:  # stopped
+            return
+        missing = AHEAD - self._outstanding
+        self._outstanding = AHEAD
+        link.send(self._blmpop * missing, 1, self._on_blmpop, BLOCK_SECONDS, requests=missing)
+
+    def _on_blmpop(self, replies: list[Any] | BaseException) -> None:
+        """Redis 7: hand over the entries; ask for more when half the queue is used."""
+        self._outstanding -= 1
+        try:
+            reply = self._reply(replies)
+            if self._redis_6:
+                return  # a BLMPOP queued before we knew: its error is the one we had
+            if isinstance(reply, ResponseError) and "unknown command" in str(reply).lower():
+                self._redis_6 = True
+                self._next(self._lpop, self._on_lpop)
+                return
+            if isinstance(reply, BaseException):
+                raise reply
+            if reply is not None:  # [key, [entry, ...]]; None: the wait timed out
+                on_entry = self._on_entry
                 for entry in reply[1]:
                     on_entry(entry)
-        while True:
-            batch = cast("list[bytes] | None", await client.lpop(key, BATCH))
-            backoff.succeeded()
+            if self._outstanding <= AHEAD // 2:
+                self._ask_ahead()
+        except Exception as exc:
+            self._end(exc)
+
+    def _on_lpop(self, replies: list[Any] | BaseException) -> None:
+        """Redis 6.2: LPOP while the list has entries, then BLPOP to wait for one."""
+        try:
+            batch = self._reply(replies)
+            if isinstance(batch, BaseException):
+                raise batch
             if batch:
+                on_entry = self._on_entry
                 for entry in batch:
                     on_entry(entry)
-                continue
-            popped = cast(
-                "tuple[bytes, bytes] | None", await client.blpop([key], timeout=BLOCK_SECONDS)
-            )
-            if popped is not None:
-                on_entry(popped[1])
+                self._next(self._lpop, self._on_lpop)
+            else:
+                self._next(self._blpop, self._on_blpop, BLOCK_SECONDS)
+        except Exception as exc:
+            self._end(exc)
+
+    def _on_blpop(self, replies: list[Any] | BaseException) -> None:
+        try:
+            popped = self._reply(replies)
+            if isinstance(popped, BaseException):
+                raise popped
+            if popped is not None:  # [key, entry]
+                self._on_entry(popped[1])
+            self._next(self._lpop, self._on_lpop)
+        except Exception as exc:
+            self._end(exc)
+
+    def _reply(self, replies: list[Any] | BaseException) -> Any:
+        if isinstance(replies, BaseException):
+            raise replies
+        if self._backoff.failures:
+            self._backoff.succeeded()
+        return replies[0]
+
+    def _next(self, command: bytes, callback: Callable[[Any], None], blocking: float = 0) -> None:
+        link = self._link
+        if link is None:  # stopped
+            return
+        link.send(command, 1, callback, blocking)

@@ -69,7 +69,7 @@ import secrets
 import time
 from _thread import get_ident
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
-from typing import Any, TypeVar, cast
+from typing import Any, NamedTuple, TypeVar, cast
 
 from redis.asyncio import Redis
 
@@ -83,7 +83,7 @@ from ..exceptions import (
 )
 from ..local import LocalChannels, LocalGroups, Payload, shareable, unpack
 from ..serializers import DEFAULT_MAX_MESSAGE_SIZE, MessageCodec
-from . import scripts, wire
+from . import resp, scripts, wire
 from .batching import PushBatcher
 from .hosts import HostSpec, parse_hosts
 from .inbox import InboxReader
@@ -95,6 +95,18 @@ T = TypeVar("T")
 PREFIX_RE = re.compile(r"^[a-zA-Z\d\-_.:]+$")
 CONTROL_CAPACITY = 1 << 30  # control entries are never refused
 RECEIVABLE_CACHE = 65536  # local channel names whose check receive() remembers, at most
+ROUTE_CACHE = 65536  # channel names whose route send() remembers, at most
+
+
+class _Route(NamedTuple):
+    """Where ``send`` puts a channel's messages, worked out once per channel name."""
+
+    local: bool  # one of this process's channels: a local append
+    shard: int
+    name: bytes  # the channel name written into the entry ("" for a plain channel's list)
+    head: bytes  # the PUSH script's packed ``numkeys key``
+    tail: bytes  # its packed ``capacity ttl``
+    capacity: int
 
 
 class RedisChannelLayer(BaseChannelLayer):
@@ -141,7 +153,8 @@ class RedisChannelLayer(BaseChannelLayer):
         self._local = LocalChannels(self.get_capacity, self.counters)
         self._groups = LocalGroups(self.group_expiry)
         self._clients: dict[asyncio.AbstractEventLoop, list[Redis]] = {}
-        self._batchers: dict[tuple[asyncio.AbstractEventLoop, int], PushBatcher] = {}
+        self._batchers: dict[asyncio.AbstractEventLoop, list[PushBatcher]] = {}
+        self._routes: dict[str, _Route] = {}  # valid channel names send() has seen (bounded)
         self._home: asyncio.AbstractEventLoop | None = None
         self._inbox: InboxReader | None = None
         self._subscribers: dict[int, GroupSubscriber] = {}
@@ -172,13 +185,37 @@ class RedisChannelLayer(BaseChannelLayer):
 
     def _batcher(self, shard: int) -> PushBatcher:
         """This event loop's send batcher for ``shard`` (see :mod:`layers.redis.batching`)."""
-        key = (asyncio.get_running_loop(), shard)
-        batcher = self._batchers.get(key)
-        if batcher is None:
-            for stale in [k for k in self._batchers if k[0].is_closed()]:
+        loop = asyncio.get_running_loop()
+        batchers = self._batchers.get(loop)
+        if batchers is None:
+            for stale in [other for other in self._batchers if other.is_closed()]:
                 del self._batchers[stale]
-            batcher = self._batchers[key] = PushBatcher(self._client(shard), scripts.PUSH)
-        return batcher
+            batchers = self._batchers[loop] = [
+                PushBatcher(host, scripts.PUSH) for host in self.hosts
+            ]
+        return batchers[shard]
+
+    def _route(self, channel: str) -> _Route:
+        """Validate ``channel`` and work out its route; remembered for the next send."""
+        self.require_valid_channel_name(channel)
+        capacity = self.get_capacity(channel)
+        if self.is_local(channel):
+            route = _Route(True, 0, b"", b"", b"", capacity)
+        else:
+            if "!" in channel:
+                process = wire.process_of(channel)
+                key, shard = wire.inbox_key(self.prefix, process), self._shard(process)
+                name = channel.encode()
+            else:
+                key, shard = wire.channel_key(self.prefix, channel), self._shard(channel)
+                name = b""
+            head = resp.bulk(b"1") + resp.bulk(key.encode())
+            tail = resp.bulk(b"%d" % capacity) + resp.bulk(b"%d" % self._expiry_ms)
+            route = _Route(False, shard, name, head, tail, capacity)
+        if len(self._routes) >= ROUTE_CACHE:
+            self._routes.clear()
+        self._routes[channel] = route
+        return route
 
     @contextlib.contextmanager
     def _reaching(self, shard: int) -> Iterator[None]:
@@ -186,9 +223,10 @@ class RedisChannelLayer(BaseChannelLayer):
         try:
             yield
         except LOST_CONNECTION as exc:
-            raise LayerConnectionError(
-                f"cannot use Redis at {self.hosts[shard].description}: {exc}"
-            ) from exc
+            raise self._unreachable(shard, exc) from exc
+
+    def _unreachable(self, shard: int, exc: BaseException) -> LayerConnectionError:
+        return LayerConnectionError(f"cannot use Redis at {self.hosts[shard].description}: {exc}")
 
     def is_local(self, channel: str) -> bool:
         """True for the channels this instance's ``new_channel()`` made.
@@ -366,9 +404,11 @@ class RedisChannelLayer(BaseChannelLayer):
         return name
 
     async def send(self, channel: str, message: dict[str, Any]) -> None:
-        self.require_valid_channel_name(channel)
+        route = self._routes.get(channel) if channel.__class__ is str else None
+        if route is None:
+            route = self._route(channel)
         payload = self._codec.encode(message)
-        if self.is_local(channel):
+        if route.local:
             expires = time.monotonic() + self.expiry
 
             async def put() -> bool:
@@ -384,20 +424,14 @@ class RedisChannelLayer(BaseChannelLayer):
                 )
             self.counters.sent += 1
             return
-        expires_at = time.time() + self.expiry
-        sealed = self._codec.seal(payload)
-        if "!" in channel:
-            process = wire.process_of(channel)
-            key, shard = wire.inbox_key(self.prefix, process), self._shard(process)
-            entry = wire.pack_list_entry(expires_at, channel, sealed)
-        else:
-            key, shard = wire.channel_key(self.prefix, channel), self._shard(channel)
-            entry = wire.pack_list_entry(expires_at, "", sealed)
-        capacity = self.get_capacity(channel)
-        with self._reaching(shard):
-            pushed = await self._batcher(shard).call([key], [entry, capacity, self._expiry_ms])
+        entry = wire.pack_entry(time.time() + self.expiry, route.name, self._codec.seal(payload))
+        body = route.head + resp.bulk(entry) + route.tail
+        try:  # (inline rather than self._reaching: this is the hot path)
+            pushed = await self._batcher(route.shard).call_packed(5, body)
+        except LOST_CONNECTION as exc:
+            raise self._unreachable(route.shard, exc) from exc
         if not pushed:
-            raise ChannelFull(f"channel {channel!r} is at capacity {capacity}")
+            raise ChannelFull(f"channel {channel!r} is at capacity {route.capacity}")
         self.counters.sent += 1
 
     async def receive(self, channel: str) -> dict[str, Any]:
@@ -609,4 +643,6 @@ class RedisChannelLayer(BaseChannelLayer):
         for client in self._clients.pop(loop, []):
             await client.aclose()
         self._clients.clear()
+        for batcher in self._batchers.pop(loop, []):
+            batcher.close()
         self._batchers.clear()

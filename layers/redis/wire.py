@@ -63,7 +63,11 @@ class ListEntry(NamedTuple):
 
 
 def pack_list_entry(expires: float, channel: str, payload: bytes) -> bytes:
-    name = channel.encode()
+    return pack_entry(expires, channel.encode(), payload)
+
+
+def pack_entry(expires: float, name: bytes, payload: bytes) -> bytes:
+    """:func:`pack_list_entry` with the channel name already encoded."""
     return _LIST_HEAD.pack(expires, len(name)) + name + payload
 
 

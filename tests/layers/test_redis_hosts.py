@@ -15,18 +15,23 @@ from tests.tls_support import self_signed_certificate
 
 
 async def round_trip(hosts: list[Any]) -> None:
-    """Direct send, plain channel and group message through a layer on ``hosts``."""
+    """Direct send (from another process, through the inbox), plain channel and group message
+    through a layer on ``hosts``."""
     layer = RedisChannelLayer(hosts=hosts, prefix="hosts")
+    other = RedisChannelLayer(hosts=hosts, prefix="hosts")
     try:
         channel = await layer.new_channel()
         await layer.group_add("room", channel)
         await layer.group_send("room", {"type": "group"})
         await layer.send("jobs", {"type": "plain"})
-        assert (await asyncio.wait_for(layer.receive(channel), 5))["type"] == "group"
+        await other.send(channel, {"type": "direct"})
+        got = [(await asyncio.wait_for(layer.receive(channel), 5))["type"] for _ in range(2)]
+        assert sorted(got) == ["direct", "group"]  # two paths: they may swap
         assert (await asyncio.wait_for(layer.receive("jobs"), 5))["type"] == "plain"
         assert await layer.group_members("room") == [channel]
         await layer.flush()
     finally:
+        await other.close()
         await layer.close()
 
 
