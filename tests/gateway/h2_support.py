@@ -4,7 +4,8 @@
 every frame the server sent (``frames``, parsed by hyperframe) and, unless told not to, runs
 them through an h2 client state machine that tracks each stream (``H2Stream``: headers, body,
 trailers, how it ended). Raw bytes can be written beside h2 (``send_raw``) for input h2 would
-refuse to produce; the server's answer is then read from the frame log.
+refuse to produce; the server's answer is then read from the frame log. A failure of the
+client's own code while reading is raised again by ``aclose``.
 
 GOAWAY frames are taken out of the byte stream before h2 sees them (and logged): h2's state
 machine refuses every frame after a GOAWAY, but a graceful shutdown still finishes the streams
@@ -18,7 +19,7 @@ import contextlib
 import ssl
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, Self, TypeVar
 
 import h2.config
 import h2.connection
@@ -34,6 +35,9 @@ from hyperframe.frame import (
     RstStreamFrame,
     SettingsFrame,
 )
+
+from gateway.config import Receive, Scope, Send
+from tests.gateway import apps
 
 T = TypeVar("T")
 
@@ -137,6 +141,14 @@ def parse_frames(buffer: bytes) -> tuple[list[Frame], bytes]:
 # Clients --------------------------------------------------------------------------------------
 
 
+async def wait_on(changed: asyncio.Event, predicate: Callable[[], bool], timeout: float) -> None:
+    """Until ``predicate()`` holds, checked each time ``changed`` is set; bounded by ``timeout``."""
+    async with asyncio.timeout(timeout):
+        while not predicate():
+            changed.clear()
+            await changed.wait()
+
+
 @dataclass
 class H2Stream:
     """What the client saw of one stream."""
@@ -152,6 +164,7 @@ class H2Stream:
     reset_code: int | None = None  # the server sent RST_STREAM
     lost: bool = False  # the connection closed before the stream ended
     changed: asyncio.Event = field(default_factory=asyncio.Event)
+    on_data: Callable[[bytes], None] | None = None  # takes the DATA instead of ``data``
 
     @property
     def status(self) -> int | None:
@@ -168,10 +181,18 @@ class H2Stream:
         return self.ended or self.reset_code is not None or self.lost
 
     async def wait(self, predicate: Callable[[], bool], timeout: float = WAIT) -> None:
-        async with asyncio.timeout(timeout):
-            while not predicate():
-                self.changed.clear()
-                await self.changed.wait()
+        await wait_on(self.changed, predicate, timeout)
+
+    async def response(self, timeout: float = WAIT) -> int:
+        """The response's status, once its HEADERS arrived; asserts that they did."""
+        await self.wait(lambda: self.headers is not None or self.done, timeout)
+        assert self.headers is not None, f"stream {self.sid}: no response, {self.describe()}"
+        status = self.status
+        assert status is not None
+        return status
+
+    def describe(self) -> str:
+        return f"ended {self.ended}, reset {self.reset_code}, lost {self.lost}"
 
     async def finished(self, timeout: float = WAIT) -> H2Stream:
         """Once the stream ended, was reset or lost its connection."""
@@ -181,7 +202,7 @@ class H2Stream:
     async def body(self, timeout: float = WAIT) -> bytes:
         """The whole response body; asserts that the stream ended normally."""
         await self.finished(timeout)
-        assert self.ended, f"stream {self.sid}: reset {self.reset_code}, lost {self.lost}"
+        assert self.ended, f"stream {self.sid}: {self.describe()}"
         return bytes(self.data)
 
 
@@ -213,10 +234,12 @@ class H2Client:
         self.events: list[h2.events.Event] = []
         self.streams: dict[int, H2Stream] = {}
         self.h2_error: Exception | None = None  # h2 refused the server's frames (raw tests)
+        self.error: Exception | None = None  # the client's own failure: raised by aclose()
         self.closed = False
         self.received_bytes = 0
         self.changed = asyncio.Event()
         self._buffer = b""
+        self._pings = 0
         self._reader_task: asyncio.Task[None] | None = None
 
     @classmethod
@@ -230,7 +253,7 @@ class H2Client:
         use_h2: bool = True,
         preface: bool = True,
         window: int = BIG_WINDOW,
-    ) -> H2Client:
+    ) -> Self:
         """Connect; with ``preface`` send the preface and SETTINGS (h2's, or a raw empty one)."""
         reader, writer = await asyncio.wait_for(
             asyncio.open_connection(host, port, ssl=tls, limit=1 << 20), WAIT
@@ -260,7 +283,7 @@ class H2Client:
     @classmethod
     async def upgrade(
         cls, host: str, port: int, path: str = "/", *, pipeline: bool = False
-    ) -> tuple[H2Client, bytes]:
+    ) -> tuple[Self, bytes]:
         """HTTP/1.1 ``Upgrade: h2c`` for ``GET path``: the client (its request is stream 1)
         and the head of the server's HTTP/1.1 answer. With ``pipeline`` the preface goes out
         with the request, before the 101."""
@@ -297,8 +320,10 @@ class H2Client:
         self.writer.close()
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self.writer.wait_closed(), WAIT)
+        if self.error is not None:
+            raise AssertionError(f"the HTTP/2 client failed: {self.error!r}") from self.error
 
-    async def __aenter__(self) -> H2Client:
+    async def __aenter__(self) -> Self:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -308,10 +333,7 @@ class H2Client:
 
     async def wait(self, predicate: Callable[[], bool], timeout: float = WAIT) -> None:
         """Until ``predicate()`` holds; checked whenever something arrived."""
-        async with asyncio.timeout(timeout):
-            while not predicate():
-                self.changed.clear()
-                await self.changed.wait()
+        await wait_on(self.changed, predicate, timeout)
 
     async def wait_closed(self, timeout: float = WAIT) -> None:
         """Until the server closed the connection."""
@@ -344,6 +366,16 @@ class H2Client:
     @property
     def goaways(self) -> list[GoAwayFrame]:
         return [frame for frame in self.frames if isinstance(frame, GoAwayFrame)]
+
+    @property
+    def remote_settings(self) -> dict[int, int]:
+        """The settings the server sent (and h2 took), by code."""
+        found: dict[int, int] = {}
+        for event in self.events:
+            if isinstance(event, h2.events.RemoteSettingsChanged):
+                for code, setting in event.changed_settings.items():
+                    found[int(code)] = setting.new_value
+        return found
 
     def frames_of(self, kind: type[Frame]) -> list[Frame]:
         return [frame for frame in self.frames if isinstance(frame, kind)]
@@ -410,9 +442,17 @@ class H2Client:
             self.request_headers(method, path, headers), end=not body, ack=ack
         )
         if body:
-            self.conn.send_data(stream.sid, body, end_stream=True)
-            self.flush()
+            self.send_data(stream.sid, body, end=True)
         return stream
+
+    def send_data(self, sid: int, data: bytes, end: bool = False) -> None:
+        """``data`` on stream ``sid`` at once (it must fit the windows)."""
+        self.conn.send_data(sid, data, end_stream=end)
+        self.flush()
+
+    def reset(self, sid: int, code: int = CANCEL) -> None:
+        self.conn.reset_stream(sid, code)
+        self.flush()
 
     async def send_body(self, sid: int, data: bytes, end: bool = True) -> int:
         """Send ``data`` on stream ``sid`` as the server's windows allow; the bytes sent.
@@ -469,6 +509,23 @@ class H2Client:
         self.conn.ping(opaque)
         self.flush()
 
+    async def ping_answered(self, timeout: float = WAIT) -> None:
+        """A PING sent and its ACK received: the server has handled all that was sent before.
+
+        AssertionError if the connection closes first."""
+        self._pings += 1
+        opaque = self._pings.to_bytes(8, "big")
+        self.ping(opaque)
+
+        def answer(frame: Frame) -> bool:
+            return (
+                isinstance(frame, PingFrame)
+                and "ACK" in frame.flags
+                and frame.opaque_data == opaque
+            )
+
+        await self.wait_frame(answer, timeout)
+
     # Receiving ------------------------------------------------------------------------------
 
     async def _read(self) -> None:
@@ -480,6 +537,8 @@ class H2Client:
                 self._received(data)
         except (ConnectionError, OSError):
             pass
+        except Exception as exc:  # the client's own failure: raised again by aclose()
+            self.error = exc
         finally:
             self.closed = True
             for stream in self.streams.values():
@@ -527,7 +586,10 @@ class H2Client:
             stream.trailers = list(event.headers)
         elif isinstance(event, h2.events.DataReceived):
             stream.received += event.flow_controlled_length or 0
-            stream.data += event.data or b""
+            if stream.on_data is not None:
+                stream.on_data(event.data or b"")
+            else:
+                stream.data += event.data or b""
         elif isinstance(event, h2.events.StreamEnded):
             stream.ended = True
         elif isinstance(event, h2.events.StreamReset) and not stream.ended:
@@ -552,6 +614,24 @@ def tls_client_context(cafile: str, alpn: Sequence[str] = ("h2",)) -> ssl.SSLCon
     context = ssl.create_default_context(cafile=cafile)
     context.set_alpn_protocols(list(alpn))
     return context
+
+
+class Gate:
+    """An app that reads the body, then holds the request (every path, or only ``path``)
+    until ``release`` is set, then answers ``body``. ``started`` is set once one is held."""
+
+    def __init__(self, body: bytes = b"ok", path: str | None = None) -> None:
+        self.body = body
+        self.path = path
+        self.started = asyncio.Event()
+        self.release = asyncio.Event()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await apps.drain_body(receive)
+        if self.path is None or scope["path"] == self.path:
+            self.started.set()
+            await asyncio.wait_for(self.release.wait(), WAIT)
+        await apps.respond(send, self.body)
 
 
 async def get_200(host: str, port: int, path: str = "/") -> None:

@@ -15,10 +15,11 @@ import signal
 import ssl
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
-from hyperframe.frame import GoAwayFrame, PingFrame
+from hyperframe.frame import GoAwayFrame
 
 from gateway.config import Receive, Scope, Send
 from tests.e2e.deploy_support import find_tool
@@ -30,6 +31,7 @@ from tests.gateway.h2_support import (
     NO_ERROR,
     REFUSED_STREAM,
     WAIT,
+    Gate,
     H2Client,
     background,
     tls_client_context,
@@ -126,6 +128,12 @@ def header_map(headers: list[list[str]]) -> dict[str, str]:
     return {name: value for name, value in headers}
 
 
+def assert_seen(seen: dict[str, Any], **expected: Any) -> None:
+    """The Recorder's fields are as ``expected``, each one."""
+    for name, value in expected.items():
+        assert seen[name] == value, (name, seen[name], value)
+
+
 # The ways in ------------------------------------------------------------------------------------
 
 
@@ -140,12 +148,15 @@ async def test_httpx_over_tls_negotiates_h2_by_alpn(serve_tls: ServeTLS) -> None
     assert response.status_code == 200
     assert response.http_version == "HTTP/2"
     seen = response.json()
-    assert seen["http_version"] == "2"
-    assert seen["method"] == "GET"
-    assert seen["scheme"] == "https"
-    assert seen["path"] == "/some where/x"
-    assert seen["raw_path"] == "/some%20where/x"
-    assert seen["query_string"] == "a=1&b=%20"
+    assert_seen(
+        seen,
+        http_version="2",
+        method="GET",
+        scheme="https",
+        path="/some where/x",
+        raw_path="/some%20where/x",
+        query_string="a=1&b=%20",
+    )
     headers = header_map(seen["headers"])
     assert headers["host"] == f"{host}:{port}"
     assert headers["x-token"] == "abc"
@@ -166,12 +177,15 @@ async def test_httpx_prior_knowledge_on_cleartext(serve: Serve) -> None:
         )
     assert response.http_version == "HTTP/2"
     seen = response.json()
-    assert seen["http_version"] == "2"
-    assert seen["method"] == "POST"
-    assert seen["scheme"] == "http"
-    assert seen["path"] == "/form"
-    assert seen["query_string"] == "q=%C3%A9"
-    assert seen["body"] == "a=1"
+    assert_seen(
+        seen,
+        http_version="2",
+        method="POST",
+        scheme="http",
+        path="/form",
+        query_string="q=%C3%A9",
+        body="a=1",
+    )
     headers = header_map(seen["headers"])
     assert headers["host"] == f"{host}:{port}"
     assert headers["x-up"] == "Case"
@@ -389,10 +403,7 @@ async def test_curl_h2c_upgrade_for_a_get(serve: Serve) -> None:
     body, _, version = result.stdout.rpartition(b"\n")
     assert version == b"2"
     seen = json.loads(body)
-    assert seen["http_version"] == "2"
-    assert seen["method"] == "GET"
-    assert seen["path"] == "/up"
-    assert seen["query_string"] == "x=1"
+    assert_seen(seen, http_version="2", method="GET", path="/up", query_string="x=1")
     names = [name for name, _ in seen["headers"]]
     assert "host" in names
     assert seen["extensions"] == ["http.response.trailers"]
@@ -571,19 +582,11 @@ def test_h2load_with_request_bodies(tmp_path: Path) -> None:
 
 
 async def test_graceful_shutdown_finishes_streams_in_flight(serve: Serve) -> None:
-    started = asyncio.Event()
-    finish = asyncio.Event()
-
-    async def app(scope: Scope, receive: Receive, send: Send) -> None:
-        await read_body(receive)
-        started.set()
-        await asyncio.wait_for(finish.wait(), WAIT)
-        await apps.respond(send, b"finished")
-
+    app = Gate(b"finished")
     host, port, state = await serve(app)
     async with await H2Client.connect(host, port) as client:
         slow = client.request("GET", "/slow")
-        await asyncio.wait_for(started.wait(), WAIT)
+        await asyncio.wait_for(app.started.wait(), WAIT)
         for connection in list(state.connections):
             connection.shutdown()
         goaway = await client.wait_goaway()
@@ -595,7 +598,7 @@ async def test_graceful_shutdown_finishes_streams_in_flight(serve: Serve) -> Non
         assert late.reset_code == REFUSED_STREAM
         assert not client.closed
         assert not slow.done
-        finish.set()
+        app.release.set()
         assert await slow.body() == b"finished"
         assert slow.status == 200
         await client.wait_closed()
@@ -621,8 +624,7 @@ async def test_sigterm_finishes_an_h2_stream_in_flight() -> None:
         async with await H2Client.connect("127.0.0.1", port) as client:
             slow = client.request("GET", "/?delay=1.0")
             # Frames are handled in order: once the PING is answered, the request has started.
-            client.ping(b"in-order")
-            await client.wait_frame(lambda f: isinstance(f, PingFrame) and "ACK" in f.flags)
+            await client.ping_answered()
             gateway.signal(signal.SIGTERM)
             goaway = await client.wait_goaway()
             assert goaway.error_code == NO_ERROR
@@ -651,19 +653,13 @@ async def test_connection_without_requests_is_closed_after_the_head_timeout(serv
 
 
 async def test_idle_timer_waits_for_streams_in_flight(serve: Serve) -> None:
-    finish = asyncio.Event()
-
-    async def app(scope: Scope, receive: Receive, send: Send) -> None:
-        await read_body(receive)
-        await asyncio.wait_for(finish.wait(), WAIT)
-        await apps.respond(send, b"late but fine")
-
+    app = Gate(b"late but fine")
     host, port, _ = await serve(app, timeout_keep_alive=0.1, timeout_request_headers=0.1)
     async with await H2Client.connect(host, port) as client:
         stream = client.request("GET", "/")
         await asyncio.sleep(0.4)  # past both timeouts: a stream is open, nothing is closed
         assert not client.goaways
-        finish.set()
+        app.release.set()
         assert await stream.body() == b"late but fine"
         await client.goaway_and_close()
 
@@ -741,22 +737,14 @@ async def test_cookie_fields_are_joined_for_the_app(serve: Serve) -> None:
 async def test_client_goaway_lets_its_streams_in_flight_finish(serve: Serve) -> None:
     """RFC 9113 §6.8: a client's GOAWAY(NO_ERROR) promises no new streams; the ones it opened
     are still answered (its last_stream_id is about server-initiated streams)."""
-    started = asyncio.Event()
-    finish = asyncio.Event()
-
-    async def app(scope: Scope, receive: Receive, send: Send) -> None:
-        await read_body(receive)
-        started.set()
-        await asyncio.wait_for(finish.wait(), WAIT)
-        await apps.respond(send, b"still answered")
-
+    app = Gate(b"still answered")
     host, port, _ = await serve(app)
     async with await H2Client.connect(host, port) as client:
         stream = client.request("GET", "/")
-        await asyncio.wait_for(started.wait(), WAIT)
+        await asyncio.wait_for(app.started.wait(), WAIT)
         client.send_raw(GoAwayFrame(0, last_stream_id=0, error_code=NO_ERROR).serialize())
         await client.drain()
-        finish.set()
+        app.release.set()
         await stream.finished()
         assert stream.ended, client.describe()
         assert bytes(stream.data) == b"still answered"
@@ -816,8 +804,7 @@ async def test_paused_streams_do_not_leak_the_connection_window(serve: Serve, en
                     ) from None
                 await client.wait(lambda: len(releases) == 1)
                 if ending == "client-resets":
-                    client.conn.reset_stream(slow.sid, CANCEL)
-                    client.flush()
+                    client.reset(slow.sid, CANCEL)
                     slow.reset_code = CANCEL
                 releases.pop().set()
                 await slow.finished()

@@ -13,8 +13,9 @@ import contextlib
 import logging
 import socket
 import threading
-from collections.abc import Iterator
-from typing import Any
+import time
+from collections.abc import Callable, Iterator
+from typing import Any, NamedTuple
 
 import hpack
 import pytest
@@ -57,6 +58,7 @@ from tests.gateway.h2_support import (
     STREAM_CLOSED,
     WAIT,
     WINDOW_UPDATE,
+    Gate,
     H2Client,
     client_preface,
     get_200,
@@ -110,6 +112,12 @@ async def expect_goaway(client: H2Client, code: int) -> GoAwayFrame:
     return goaway
 
 
+def assert_still_open(client: H2Client) -> None:
+    """The server has neither sent GOAWAY nor closed the connection."""
+    assert not client.goaways, client.describe()
+    assert not client.closed, client.describe()
+
+
 async def server_is_fine(host: str, port: int, log: pytest.LogCaptureFixture) -> None:
     await get_200(host, port)
     assert errors(log) == []
@@ -118,34 +126,131 @@ async def server_is_fine(host: str, port: int, log: pytest.LogCaptureFixture) ->
 # Connection errors ------------------------------------------------------------------------------
 
 
+def hpack_bomb(client: H2Client) -> bytes:
+    encoder = hpack.Encoder()
+    # 4000 bytes into the dynamic table once (the last entry added: index 62) ...
+    block = request_block(encoder, client.authority, extra=[(b"x-bomb", b"b" * 4000)])
+    # ... then referenced by index a thousand times: 4 KB on the wire, 4 MB decoded.
+    block += b"\xbe" * 1000
+    assert len(block) < 6000
+    return header_block_frames(1, block, end_stream=True)
+
+
+def hpack_bomb_across_header_blocks(client: H2Client) -> bytes:
+    encoder = hpack.Encoder()
+    first = request_block(encoder, client.authority, extra=[(b"x-bomb", b"b" * 4000)])
+    second = request_block(encoder, client.authority) + b"\xbe" * 100  # 400 KB decoded
+    fine = header_block_frames(1, first, end_stream=True)  # a fine request
+    return fine + header_block_frames(3, second, end_stream=True)
+
+
+def headers_on_an_even_stream(client: H2Client) -> bytes:
+    return header_block_frames(2, request_block(hpack.Encoder(), client.authority), end_stream=True)
+
+
+def headers_on_a_lower_stream_id(client: H2Client) -> bytes:
+    encoder = hpack.Encoder()
+    first = header_block_frames(5, request_block(encoder, client.authority), end_stream=True)
+    return first + header_block_frames(3, request_block(encoder, client.authority), end_stream=True)
+
+
+def continuation_flood(client: H2Client) -> bytes:
+    block = request_block(hpack.Encoder(), client.authority)
+    flood = raw_frame(HEADERS, END_STREAM, 1, block)  # no END_HEADERS
+    return flood + raw_frame(CONTINUATION, 0, 1, b"") * 10_000
+
+
+def another_frame_inside_a_header_block(client: H2Client) -> bytes:
+    block = request_block(hpack.Encoder(), client.authority)
+    return raw_frame(HEADERS, END_STREAM, 1, block[:3]) + ping()
+
+
+def rapid_reset(client: H2Client) -> bytes:
+    """Open and cancel a stream, five thousand times (in one write)."""
+    headers = client.request_headers("GET", "/")
+    for _ in range(FLOOD):
+        sid = client.conn.get_next_available_stream_id()
+        client.conn.send_headers(sid, headers, end_stream=True)
+        client.conn.reset_stream(sid, CANCEL)
+    flood: bytes = client.conn.data_to_send()
+    return flood
+
+
+def empty_data_flood(client: H2Client) -> bytes:
+    upload = client.upload("POST", "/")
+    return raw_frame(DATA, 0, upload.sid) * FLOOD
+
+
+class BadInput(NamedTuple):
+    """What a client sends after the preface and SETTINGS, and the GOAWAY it gets for it."""
+
+    send: bytes | Callable[[H2Client], bytes]  # the bytes, or what makes them for the client
+    code: int  # the GOAWAY's error code
+    last_stream_id: int | None = 0  # the GOAWAY's (None: not checked)
+    h2: bool = False  # the client is h2 (else it leaves all after its SETTINGS to raw bytes)
+
+
 CONNECTION_ERRORS = {
-    "data-on-stream-0": (raw_frame(DATA, 0, 0, b"abc"), PROTOCOL_ERROR),
-    "frame-over-max-frame-size": (raw_frame(DATA, 0, 1, b"x" * 16385), FRAME_SIZE_ERROR),
-    "ping-of-nine-bytes": (raw_frame(PING, 0, 0, b"x" * 9), FRAME_SIZE_ERROR),
-    "ping-on-a-stream": (raw_frame(PING, 0, 1, b"x" * 8), PROTOCOL_ERROR),
-    "settings-with-odd-length": (raw_frame(SETTINGS, 0, 0, b"\0\4\0"), FRAME_SIZE_ERROR),
+    "data-on-stream-0": BadInput(raw_frame(DATA, 0, 0, b"abc"), PROTOCOL_ERROR),
+    "frame-over-max-frame-size": BadInput(raw_frame(DATA, 0, 1, b"x" * 16385), FRAME_SIZE_ERROR),
+    "ping-of-nine-bytes": BadInput(raw_frame(PING, 0, 0, b"x" * 9), FRAME_SIZE_ERROR),
+    "ping-on-a-stream": BadInput(raw_frame(PING, 0, 1, b"x" * 8), PROTOCOL_ERROR),
+    "settings-with-odd-length": BadInput(raw_frame(SETTINGS, 0, 0, b"\0\4\0"), FRAME_SIZE_ERROR),
     # RFC 9113 §6.5 says FRAME_SIZE_ERROR; hyperframe rejects the frame as invalid data and
     # h2 answers that with PROTOCOL_ERROR.
-    "settings-ack-with-payload": (raw_frame(SETTINGS, 1, 0, b"\0\4\0\0\0\1"), PROTOCOL_ERROR),
-    "initial-window-too-large": (
+    "settings-ack-with-payload": BadInput(
+        raw_frame(SETTINGS, 1, 0, b"\0\4\0\0\0\1"), PROTOCOL_ERROR
+    ),
+    "initial-window-too-large": BadInput(
         raw_frame(SETTINGS, 0, 0, b"\0\4\x80\0\0\0"),
         FLOW_CONTROL_ERROR,
     ),
-    "window-update-overflow": (
+    "window-update-overflow": BadInput(
         raw_frame(WINDOW_UPDATE, 0, 0, (2**31 - 1).to_bytes(4, "big")),
         FLOW_CONTROL_ERROR,
     ),
-    "window-update-of-zero": (raw_frame(WINDOW_UPDATE, 0, 0, b"\0\0\0\0"), PROTOCOL_ERROR),
-    "continuation-without-headers": (
+    "window-update-of-zero": BadInput(raw_frame(WINDOW_UPDATE, 0, 0, b"\0\0\0\0"), PROTOCOL_ERROR),
+    "continuation-without-headers": BadInput(
         raw_frame(CONTINUATION, END_HEADERS, 1, b"\x82"),
         PROTOCOL_ERROR,
     ),
     # Read as a frame header, "hello, th" declares a frame of 6.8 MB: over 16384 at once.
-    "garbage-after-the-preface": (b"hello, this is not HTTP/2 at all\r\n" * 4, FRAME_SIZE_ERROR),
+    "garbage-after-the-preface": BadInput(
+        b"hello, this is not HTTP/2 at all\r\n" * 4, FRAME_SIZE_ERROR
+    ),
     # Only the header of a 16 MiB PING: its length alone is the error, no need to buffer it.
-    "oversized-frame-header-only": (
+    "oversized-frame-header-only": BadInput(
         (2**24 - 1).to_bytes(3, "big") + bytes((PING, 0)) + b"\0\0\0\0",
         FRAME_SIZE_ERROR,
+    ),
+    "headers-on-an-even-stream": BadInput(headers_on_an_even_stream, PROTOCOL_ERROR, None),
+    "headers-on-a-lower-stream-id": BadInput(headers_on_a_lower_stream_id, PROTOCOL_ERROR, 5),
+    # Indexed field 0x7f+: far past the static table with an empty dynamic table. RFC 9113 §4.3
+    # asks for COMPRESSION_ERROR; h2 turns every HPACK decoding error into a ProtocolError, so
+    # the GOAWAY says PROTOCOL_ERROR.
+    "undecodable-header-block": BadInput(
+        header_block_frames(1, b"\xff\xff\xff\x0f", end_stream=True),
+        PROTOCOL_ERROR,
+        None,
+    ),
+    "ping-flood": BadInput(ping() * FLOOD, ENHANCE_YOUR_CALM, None),
+    "settings-flood": BadInput(raw_frame(SETTINGS, 0, 0) * FLOOD, ENHANCE_YOUR_CALM, None),
+    "priority-flood": BadInput(
+        raw_frame(PRIORITY, 0, 1, b"\0\0\0\0\x0f") * FLOOD,  # depends on 0, weight 16
+        ENHANCE_YOUR_CALM,
+        None,
+    ),
+    "unknown-frame-flood": BadInput(raw_frame(0xFA, 0, 0, b"?") * FLOOD, ENHANCE_YOUR_CALM, None),
+    "hpack-bomb": BadInput(hpack_bomb, ENHANCE_YOUR_CALM, None),
+    "hpack-bomb-across-header-blocks": BadInput(
+        hpack_bomb_across_header_blocks, ENHANCE_YOUR_CALM, None
+    ),
+    # h2 buffers at most 64 CONTINUATION frames of one block (h2.frame_buffer).
+    "continuation-flood": BadInput(continuation_flood, PROTOCOL_ERROR, None),
+    "rapid-reset": BadInput(rapid_reset, ENHANCE_YOUR_CALM, None, h2=True),
+    "empty-data-flood": BadInput(empty_data_flood, ENHANCE_YOUR_CALM, None, h2=True),
+    "another-frame-inside-a-header-block": BadInput(
+        another_frame_inside_a_header_block, PROTOCOL_ERROR, None
     ),
 }
 
@@ -155,50 +260,13 @@ async def test_protocol_errors_get_goaway_with_their_code(
     serve: Serve, error_log: pytest.LogCaptureFixture, case: str
 ) -> None:
     host, port, state = await serve(apps.hello)
-    data, code = CONNECTION_ERRORS[case]
-    async with await raw_client(host, port) as client:
-        client.send_raw(data)
+    send, code, last_stream_id, h2 = CONNECTION_ERRORS[case]
+    async with await H2Client.connect(host, port, use_h2=h2) as client:
+        client.send_raw(send if isinstance(send, bytes) else send(client))
         goaway = await expect_goaway(client, code)
-    assert goaway.last_stream_id == 0
+    if last_stream_id is not None:
+        assert goaway.last_stream_id == last_stream_id
     assert state.counters.bad_requests == 1
-    await server_is_fine(host, port, error_log)
-
-
-async def test_headers_on_an_even_stream_is_a_protocol_error(
-    serve: Serve, error_log: pytest.LogCaptureFixture
-) -> None:
-    host, port, _ = await serve(apps.hello)
-    async with await raw_client(host, port) as client:
-        block = request_block(hpack.Encoder(), f"{host}:{port}")
-        client.send_raw(header_block_frames(2, block, end_stream=True))
-        await expect_goaway(client, PROTOCOL_ERROR)
-    await server_is_fine(host, port, error_log)
-
-
-async def test_headers_on_a_lower_stream_id_is_a_protocol_error(
-    serve: Serve, error_log: pytest.LogCaptureFixture
-) -> None:
-    host, port, _ = await serve(apps.hello)
-    async with await raw_client(host, port) as client:
-        encoder = hpack.Encoder()
-        authority = f"{host}:{port}"
-        client.send_raw(header_block_frames(5, request_block(encoder, authority), end_stream=True))
-        client.send_raw(header_block_frames(3, request_block(encoder, authority), end_stream=True))
-        goaway = await expect_goaway(client, PROTOCOL_ERROR)
-    assert goaway.last_stream_id == 5
-    await server_is_fine(host, port, error_log)
-
-
-async def test_undecodable_header_block_is_a_connection_error(
-    serve: Serve, error_log: pytest.LogCaptureFixture
-) -> None:
-    host, port, _ = await serve(apps.hello)
-    async with await raw_client(host, port) as client:
-        # Indexed field 0x7f+: far past the static table with an empty dynamic table.
-        client.send_raw(header_block_frames(1, b"\xff\xff\xff\x0f", end_stream=True))
-        # RFC 9113 §4.3 asks for COMPRESSION_ERROR; h2 turns every HPACK decoding error into
-        # a ProtocolError, so the GOAWAY says PROTOCOL_ERROR.
-        await expect_goaway(client, PROTOCOL_ERROR)
     await server_is_fine(host, port, error_log)
 
 
@@ -237,14 +305,7 @@ async def test_a_bad_preface_is_not_http2_but_a_bad_http1_request(
 async def test_data_on_a_stream_the_client_closed_is_a_stream_error(
     serve: Serve, error_log: pytest.LogCaptureFixture
 ) -> None:
-    release = asyncio.Event()
-
-    async def app(scope: Scope, receive: Receive, send: Send) -> None:
-        await apps.drain_body(receive)
-        if scope["path"] == "/wait":
-            await asyncio.wait_for(release.wait(), WAIT)
-        await apps.respond(send, b"ok")
-
+    app = Gate(path="/wait")
     host, port, _ = await serve(app)
     async with await H2Client.connect(host, port) as client:
         waiting = client.request("GET", "/wait")  # END_STREAM: the client's half is closed
@@ -256,9 +317,8 @@ async def test_data_on_a_stream_the_client_closed_is_a_stream_error(
         # The connection is still good for other streams.
         other = client.request("GET", "/other")
         assert await other.body() == b"ok"
-        release.set()
-        assert not client.goaways
-        assert not client.closed
+        app.release.set()
+        assert_still_open(client)
     await server_is_fine(host, port, error_log)
 
 
@@ -288,17 +348,6 @@ async def test_response_shorter_than_its_content_length_is_reset(
 # Floods -----------------------------------------------------------------------------------------
 
 
-async def test_ping_flood_gets_enhance_your_calm(
-    serve: Serve, error_log: pytest.LogCaptureFixture
-) -> None:
-    host, port, state = await serve(apps.hello)
-    async with await raw_client(host, port) as client:
-        client.send_raw(ping() * FLOOD)
-        await expect_goaway(client, ENHANCE_YOUR_CALM)
-    assert state.counters.bad_requests == 1
-    await server_is_fine(host, port, error_log)
-
-
 async def test_ping_flood_is_not_answered_beyond_the_burst(serve: Serve) -> None:
     """The guard allows a burst of 1000 control frames: a flood gets no more answers than
     that (not one PING ACK for each of the 5000 PINGs, queued before the guard looked)."""
@@ -308,63 +357,6 @@ async def test_ping_flood_is_not_answered_beyond_the_burst(serve: Serve) -> None
         await expect_goaway(client, ENHANCE_YOUR_CALM)
         acks = [f for f in client.frames if isinstance(f, PingFrame) and "ACK" in f.flags]
     assert len(acks) <= 1000 + 1, f"{len(acks)} PING ACKs for a flood of {FLOOD}"
-
-
-async def test_settings_flood_gets_enhance_your_calm(
-    serve: Serve, error_log: pytest.LogCaptureFixture
-) -> None:
-    host, port, _ = await serve(apps.hello)
-    async with await raw_client(host, port) as client:
-        client.send_raw(raw_frame(SETTINGS, 0, 0) * FLOOD)
-        await expect_goaway(client, ENHANCE_YOUR_CALM)
-    await server_is_fine(host, port, error_log)
-
-
-async def test_rapid_reset_gets_enhance_your_calm(
-    serve: Serve, error_log: pytest.LogCaptureFixture
-) -> None:
-    host, port, _ = await serve(apps.hello)
-    async with await H2Client.connect(host, port) as client:
-        headers = client.request_headers("GET", "/")
-        for _ in range(FLOOD):
-            sid = client.conn.get_next_available_stream_id()
-            client.conn.send_headers(sid, headers, end_stream=True)
-            client.conn.reset_stream(sid, CANCEL)
-        client.flush()  # one write: open and cancel, five thousand times
-        await expect_goaway(client, ENHANCE_YOUR_CALM)
-    await server_is_fine(host, port, error_log)
-
-
-async def test_empty_data_flood_gets_enhance_your_calm(
-    serve: Serve, error_log: pytest.LogCaptureFixture
-) -> None:
-    host, port, _ = await serve(apps.hello)
-    async with await H2Client.connect(host, port) as client:
-        upload = client.upload("POST", "/")
-        client.send_raw(raw_frame(DATA, 0, upload.sid) * FLOOD)
-        await expect_goaway(client, ENHANCE_YOUR_CALM)
-    await server_is_fine(host, port, error_log)
-
-
-async def test_priority_flood_gets_enhance_your_calm(
-    serve: Serve, error_log: pytest.LogCaptureFixture
-) -> None:
-    host, port, _ = await serve(apps.hello)
-    async with await raw_client(host, port) as client:
-        priority = raw_frame(PRIORITY, 0, 1, b"\0\0\0\0\x0f")  # depends on 0, weight 16
-        client.send_raw(priority * FLOOD)
-        await expect_goaway(client, ENHANCE_YOUR_CALM)
-    await server_is_fine(host, port, error_log)
-
-
-async def test_unknown_frame_flood_gets_enhance_your_calm(
-    serve: Serve, error_log: pytest.LogCaptureFixture
-) -> None:
-    host, port, _ = await serve(apps.hello)
-    async with await raw_client(host, port) as client:
-        client.send_raw(raw_frame(0xFA, 0, 0, b"?") * FLOOD)
-        await expect_goaway(client, ENHANCE_YOUR_CALM)
-    await server_is_fine(host, port, error_log)
 
 
 async def test_a_few_pings_are_answered_and_the_connection_stays(
@@ -386,8 +378,7 @@ async def test_a_few_pings_are_answered_and_the_connection_stays(
         assert acks() == opaques
         stream = client.request("GET", "/")
         assert await stream.body() == b"hello"
-        assert not client.goaways
-        assert not client.closed
+        assert_still_open(client)
     await server_is_fine(host, port, error_log)
 
 
@@ -405,8 +396,7 @@ async def test_pings_in_batches_within_the_burst_are_answered(
                 return pings >= expected or client.closed
 
             await client.wait(answered)
-        assert not client.closed
-        assert not client.goaways
+        assert_still_open(client)
     await server_is_fine(host, port, error_log)
 
 
@@ -423,10 +413,9 @@ async def test_too_many_concurrent_streams_is_a_connection_error(
         assert isinstance(settings_frame, SettingsFrame)
         assert settings_frame.settings[SettingsFrame.MAX_CONCURRENT_STREAMS] == 10
         encoder = hpack.Encoder()
-        authority = f"{host}:{port}"
         # Eleven streams, none ended: each app waits for a body that does not come.
         for sid in range(1, 23, 2):
-            block = request_block(encoder, authority, "POST", f"/{sid}")
+            block = request_block(encoder, client.authority, "POST", f"/{sid}")
             client.send_raw(header_block_frames(sid, block))
         goaway = await expect_goaway(client, PROTOCOL_ERROR)
     assert goaway.last_stream_id == 19  # the ten it accepted
@@ -467,62 +456,6 @@ async def test_headers_just_within_the_limit_are_served(serve: Serve) -> None:
     async with await H2Client.connect(host, port) as client:
         stream = client.request("GET", "/", headers=[(b"x-big", b"v" * 8000)])
         assert await stream.body() == b"hello"
-
-
-async def test_hpack_bomb_is_enhance_your_calm(
-    serve: Serve, error_log: pytest.LogCaptureFixture
-) -> None:
-    host, port, _ = await serve(apps.hello)
-    async with await raw_client(host, port) as client:
-        encoder = hpack.Encoder()
-        # 4000 bytes into the dynamic table once (the last entry added: index 62) ...
-        block = request_block(encoder, f"{host}:{port}", extra=[(b"x-bomb", b"b" * 4000)])
-        # ... then referenced by index a thousand times: 4 KB on the wire, 4 MB decoded.
-        block += b"\xbe" * 1000
-        assert len(block) < 6000
-        client.send_raw(header_block_frames(1, block, end_stream=True))
-        await expect_goaway(client, ENHANCE_YOUR_CALM)
-    await server_is_fine(host, port, error_log)
-
-
-async def test_hpack_bomb_across_header_blocks_is_enhance_your_calm(
-    serve: Serve, error_log: pytest.LogCaptureFixture
-) -> None:
-    host, port, _ = await serve(apps.hello)
-    async with await raw_client(host, port) as client:
-        encoder = hpack.Encoder()
-        authority = f"{host}:{port}"
-        first = request_block(encoder, authority, extra=[(b"x-bomb", b"b" * 4000)])
-        client.send_raw(header_block_frames(1, first, end_stream=True))  # a fine request
-        second = request_block(encoder, authority) + b"\xbe" * 100  # 400 KB decoded
-        client.send_raw(header_block_frames(3, second, end_stream=True))
-        await expect_goaway(client, ENHANCE_YOUR_CALM)
-    await server_is_fine(host, port, error_log)
-
-
-async def test_continuation_flood_is_a_connection_error(
-    serve: Serve, error_log: pytest.LogCaptureFixture
-) -> None:
-    host, port, _ = await serve(apps.hello)
-    async with await raw_client(host, port) as client:
-        block = request_block(hpack.Encoder(), f"{host}:{port}")
-        flood = raw_frame(HEADERS, END_STREAM, 1, block)  # no END_HEADERS
-        flood += raw_frame(CONTINUATION, 0, 1, b"") * 10_000
-        client.send_raw(flood)
-        # h2 buffers at most 64 CONTINUATION frames of one block (h2.frame_buffer).
-        await expect_goaway(client, PROTOCOL_ERROR)
-    await server_is_fine(host, port, error_log)
-
-
-async def test_another_frame_inside_a_header_block_is_a_protocol_error(
-    serve: Serve, error_log: pytest.LogCaptureFixture
-) -> None:
-    host, port, _ = await serve(apps.hello)
-    async with await raw_client(host, port) as client:
-        block = request_block(hpack.Encoder(), f"{host}:{port}")
-        client.send_raw(raw_frame(HEADERS, END_STREAM, 1, block[:3]) + ping())
-        await expect_goaway(client, PROTOCOL_ERROR)
-    await server_is_fine(host, port, error_log)
 
 
 # Limits answered on the stream ------------------------------------------------------------------
@@ -592,14 +525,7 @@ async def test_body_over_the_limit_after_the_response_started_resets_the_stream(
 async def test_concurrency_limit_is_503_on_the_stream(
     serve: Serve, error_log: pytest.LogCaptureFixture
 ) -> None:
-    release = asyncio.Event()
-
-    async def app(scope: Scope, receive: Receive, send: Send) -> None:
-        await apps.drain_body(receive)
-        if scope["path"] == "/hold":
-            await asyncio.wait_for(release.wait(), WAIT)
-        await apps.respond(send, b"ok")
-
+    app = Gate(path="/hold")
     host, port, state = await serve(app, limit_concurrency=1)
     async with await H2Client.connect(host, port) as client:
         held = client.request("GET", "/hold")
@@ -607,7 +533,7 @@ async def test_concurrency_limit_is_503_on_the_stream(
         refused = await client.request("GET", "/refused").finished()
         assert refused.status == 503
         assert refused.ended
-        release.set()
+        app.release.set()
         assert await held.body() == b"ok"
         again = client.request("GET", "/again")
         assert await again.body() == b"ok"
@@ -840,4 +766,9 @@ def test_any_frames_get_clean_frames_or_goaway(
 def test_server_still_serves_after_the_fuzzing(fuzz_server: FuzzServer) -> None:
     asyncio.run(get_200("127.0.0.1", fuzz_server.port))
     assert fuzz_server.problems() == []
+    # The last examples' streams end in the server's thread as their connections go: wait
+    # (bounded) for every one of them to finish rather than race it.
+    deadline = time.monotonic() + 5
+    while fuzz_server.state.active and time.monotonic() < deadline:
+        time.sleep(0.01)
     assert fuzz_server.state.active == 0

@@ -26,8 +26,8 @@ from tests.gateway.h2ws_support import (
     WAIT,
     Closed,
     Ended,
-    H2Client,
     H2WebSocket,
+    H2WebSocketClient,
     Reset,
     wait_until,
 )
@@ -113,11 +113,13 @@ class Recorder:
             await send({"type": "websocket.send", **reply})
 
 
-async def started(serve: Serve, app: Any = None, **config: Any) -> tuple[H2Client, Any, Any]:
+async def started(
+    serve: Serve, app: Any = None, **config: Any
+) -> tuple[H2WebSocketClient, Any, Any]:
     """Serve ``app`` (a fresh Recorder by default), connect a client: (client, app, state)."""
     app = app if app is not None else Recorder()
     host, port, state = await serve(app, **config)
-    client = await H2Client.connect(host, port)
+    client = await H2WebSocketClient.connect(host, port)
     return client, app, state
 
 
@@ -298,7 +300,7 @@ async def test_app_close_then_return_waits_for_the_clients_close(serve: Serve) -
         ws = await client.websocket("/close-return")
         close = await ws.expect(CloseConnection)
         assert (close.code, close.reason) == (4001, "bye")
-        await client.ping()  # by its answer the app has long returned
+        await client.ping_answered()  # by its answer the app has long returned
         assert ws.outcome is None, (
             f"the server ended the stream ({ws.outcome}, RST_STREAM code {ws.stream.reset_code})"
             " before the client could answer its Close"
@@ -349,7 +351,7 @@ async def test_a_client_that_does_not_read_is_closed_1008_and_others_go_on(
     host, port, state = await serve(
         app, websocket_write_buffer=8 * 1024, websocket_write_timeout=0.5
     )
-    client = await H2Client.connect(host, port, settings={INITIAL_WINDOW_SIZE: 1024})
+    client = await H2WebSocketClient.connect(host, port, settings={INITIAL_WINDOW_SIZE: 1024})
     async with client:
         other = await client.websocket("/echo")
         slow = await client.websocket("/flood", ack=False)
@@ -412,7 +414,7 @@ async def test_shutdown_waits_for_the_clients_close(serve: Serve) -> None:
         assert close.code == 1001
         await wait_until(lambda: app.codes("/echo") == [1001])  # the app returned
         with contextlib.suppress(AssertionError):  # the bug closes the whole connection
-            await client.ping()
+            await client.ping_answered()
         assert ws.outcome is None, (
             f"the server ended the stream ({ws.outcome}, RST_STREAM code {ws.stream.reset_code})"
             " before the client could answer its Close"
@@ -426,7 +428,7 @@ async def test_sigterm_sends_goaway_and_close_1001() -> None:
     port = free_port()
     with GatewayProcess("tests.gateway.apps:echo", "-p", str(port)) as gateway:
         gateway.wait_listening()
-        client = await H2Client.connect("127.0.0.1", port)
+        client = await H2WebSocketClient.connect("127.0.0.1", port)
         async with client:
             ws = await client.websocket("/ws")
             await echo_round_trip(ws, "before SIGTERM")
@@ -450,8 +452,8 @@ async def test_chat_example_over_http2() -> None:
     ) as gateway:
         gateway.wait_listening()
         origin = [(b"origin", f"http://127.0.0.1:{port}".encode())]
-        alice_conn = await H2Client.connect("127.0.0.1", port)
-        bob_conn = await H2Client.connect("127.0.0.1", port)
+        alice_conn = await H2WebSocketClient.connect("127.0.0.1", port)
+        bob_conn = await H2WebSocketClient.connect("127.0.0.1", port)
         async with alice_conn, bob_conn:
             alice = await alice_conn.websocket("/ws/chat/lobby/", headers=origin)
             bob = await bob_conn.websocket("/ws/chat/lobby/", headers=origin)
