@@ -13,10 +13,13 @@ Clients are made per event loop (redis-py connections belong to the loop that op
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Mapping, Sequence
+from functools import cache
 from typing import Any
 
 from redis.asyncio import Redis
+from redis.asyncio.connection import Connection, ConnectionPool, parse_url
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel
 from redis.backoff import ExponentialWithJitterBackoff
@@ -90,10 +93,37 @@ def _from_url(url: str, options: Mapping[str, Any]) -> tuple[str, Any]:
     scheme = url.partition("://")[0]
     if scheme not in ("redis", "rediss", "unix"):
         raise LayerConfigError(f"host URL {url!r} must start with redis://, rediss:// or unix://")
+    _check_url_options(url)
     description = url.rpartition("@")[2] if "@" in url else url.partition("://")[2]
     return f"{scheme}://{description}", lambda retry: Redis.from_url(
         url, **_options(options, retry)
     )
+
+
+def _check_url_options(url: str) -> None:
+    """A misspelt query option fails here, not as a TypeError at the first connection."""
+    try:
+        options = parse_url(url)
+    except ValueError as exc:
+        raise LayerConfigError(f"host URL {url!r}: {exc}") from None
+    connection_class: Any = options.pop("connection_class", Connection)  # a class: hashable
+    unknown = sorted(set(options) - _accepted(connection_class))
+    if unknown:
+        raise LayerConfigError(
+            f"host URL {url!r}: unknown option(s) {', '.join(unknown)} "
+            f"(redis-py's {connection_class.__name__} does not take them)"
+        )
+
+
+@cache
+def _accepted(connection_class: type) -> frozenset[str]:
+    """Keyword arguments a connection (and its pool, which URLs also configure) accepts."""
+    names: set[str] = set()
+    for cls in (*connection_class.__mro__, ConnectionPool):
+        init = cls.__dict__.get("__init__")
+        if init is not None:
+            names.update(inspect.signature(init).parameters)
+    return frozenset(names - {"self", "kwargs", "connection_kwargs"})
 
 
 def _from_sentinel(options: dict[str, Any]) -> tuple[str, Any]:

@@ -83,12 +83,26 @@ async def test_sentinel_finds_the_master(sentinel: tuple[RedisServer, SentinelSe
         ([("localhost",)], "(host: str, port: int)"),
         ([42], "a URL, a (host, port) tuple or a dict"),
         ([{"sentinels": [("localhost", 26379)]}], "master_name"),
+        (["redis://localhost:6379/0?socket_timout=2"], "unknown option(s) socket_timout"),
+        (["rediss://localhost:6379/0?ssl_cert_req=none"], "unknown option(s) ssl_cert_req"),
+        (["redis://localhost:6379/0?socket_timeout=soon"], "Invalid value for 'socket_timeout'"),
     ],
 )
 def test_bad_hosts_are_refused_at_construction(hosts: Any, fragment: str) -> None:
     with pytest.raises(LayerConfigError) as info:
         RedisChannelLayer(hosts=hosts)
     assert fragment in str(info.value)
+
+
+def test_known_url_options_are_accepted() -> None:
+    layer = RedisChannelLayer(
+        hosts=[
+            "redis://localhost:6379/0?socket_timeout=2&max_connections=10&health_check_interval=5",
+            "rediss://localhost:6380/0?ssl_cert_reqs=none&ssl_check_hostname=false",
+            "unix:///tmp/redis.sock?db=1",
+        ]
+    )
+    assert len(layer.hosts) == 3
 
 
 def test_bad_prefix_is_refused() -> None:
