@@ -204,6 +204,9 @@ class AsyncConsumer:
         """Log ``exc`` with the consumer's name and note the name on it (the server logs the
         traceback when the exception reaches it)."""
         name = _consumer_name(self)
+        exc.add_note(f"raised in consumer {name} while handling {doing}")
+        if self.scope.get("type") == "channel":
+            return  # a worker's instance: the worker logs it once, with what happens next
         where = self.scope.get("path") or self.scope.get("channel") or self.scope.get("type")
         logger.error(
             "%s raised %s: %s (handling %s on %s); closing the connection",
@@ -213,7 +216,6 @@ class AsyncConsumer:
             doing,
             where,
         )
-        exc.add_note(f"raised in consumer {name} while handling {doing}")
 
     async def _finish(self) -> None:
         """Runs when the instance ends, however it ends; subclasses release what they hold."""

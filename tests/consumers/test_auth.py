@@ -320,16 +320,15 @@ async def test_token_auth_passes_other_scope_types_through() -> None:
 # -- with Django, in a subprocess -----------------------------------------------------------
 
 
-def _django_scenario() -> dict[str, Any]:
-    """Configure Django, log users in, drive AuthMiddlewareStack; results as a JSON-able dict."""
+def _django_scenario(tmp: str) -> dict[str, Any]:
+    """Configure Django (its database in ``tmp``), log users in, drive AuthMiddlewareStack;
+    results as a JSON-able dict."""
     import asyncio
-    import tempfile
 
     import django
     from asgiref.sync import sync_to_async
     from django.conf import settings
 
-    tmp = tempfile.mkdtemp(prefix="roomcast-auth-")
     settings.configure(
         DEBUG=False,
         SECRET_KEY="test-secret-key-for-roomcast-auth-tests-0123456789",
@@ -524,4 +523,7 @@ def test_django_stays_unconfigured_in_this_process() -> None:
 
 
 if __name__ == "__main__" and sys.argv[1:] == ["django"]:
-    print(json.dumps(_django_scenario()))
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="roomcast-auth-") as tmp:
+        print(json.dumps(_django_scenario(tmp)))
