@@ -3,7 +3,9 @@
 The connection owns the socket and the h2 state machine; every request stream runs an
 :class:`~gateway.streams.http.HTTPStream` and every extended CONNECT with ``:protocol
 websocket`` (RFC 8441) a :class:`~gateway.streams.websocket.WebSocketStream` over a
-:class:`~gateway.connections.websocket.WebSocketSession`, exactly as on HTTP/1.1.
+:class:`~gateway.connections.websocket.WebSocketSession`, exactly as on HTTP/1.1. The
+per-stream state and those adapters live in :mod:`gateway.connections.h2streams`; the checks
+h2 lacks (control-frame floods, oversized frame headers) in :mod:`gateway.connections.h2guards`.
 
 Flow control both ways, so that one slow party stalls only its own stream:
 
@@ -37,7 +39,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from typing import Any, cast
 from urllib.parse import unquote
 
@@ -51,116 +52,17 @@ from hyperframe.frame import GoAwayFrame
 
 from ..config import ASGIApp, Config, Scope
 from ..state import ServerState
-from ..streams.http import ClientDisconnected, HTTPStream, ProtocolViolation
+from ..streams.http import HTTPStream
 from ..streams.websocket import WebSocketStream
 from .addresses import from_proxy, socket_addresses
-from .websocket import WebSocketSession, negotiate_deflate
+from .h2guards import FloodGuard, FrameSizeCheck
+from .h2streams import STATUS, H2Responder, H2Stream, H2WebSocketResponder
 
 logger = logging.getLogger("gateway.error")
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 STREAM_WINDOW = 65535  # SETTINGS_INITIAL_WINDOW_SIZE: request body buffered per stream
-# Control frames a client may send (PING and its ACK, SETTINGS and its ACK, RST_STREAM,
-# PRIORITY, empty DATA, unknown types): a burst, then so many per second (token bucket).
-CONTROL_BURST = 1000
-CONTROL_RATE = 200.0
 _ERROR_CODES = h2.errors.ErrorCodes
-# RFC 9113 §8.2.2: connection-specific fields must not appear in HTTP/2.
-_HOP_BY_HOP = frozenset(
-    (b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade")
-)
-_STATUS = {status: str(status).encode() for status in range(100, 1000)}
-
-
-class FloodGuard:
-    """A token bucket: ``burst`` frames at once, ``rate`` per second sustained."""
-
-    def __init__(self, burst: int = CONTROL_BURST, rate: float = CONTROL_RATE) -> None:
-        self.burst = burst
-        self.rate = rate
-        self.tokens = float(burst)
-        self.stamp = time.monotonic()
-
-    def spend(self) -> bool:
-        """Take one token; False when the client has sent too many too fast."""
-        self.tokens -= 1
-        if self.tokens >= 0:
-            return True
-        now = time.monotonic()
-        self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
-        self.stamp = now
-        return self.tokens >= 0
-
-
-class FrameSizeCheck:
-    """Follows frame boundaries in the client's bytes to check each length at its header."""
-
-    __slots__ = ("header", "skip")
-
-    def __init__(self) -> None:
-        self.skip = len(PREFACE)  # bytes still to pass: the preface, then each frame's payload
-        self.header = b""  # a frame header split across reads
-
-    def feed(self, data: bytes, max_size: int) -> bool:
-        """False as soon as a frame header declares more than ``max_size`` bytes."""
-        pos, end = 0, len(data)
-        while pos < end:
-            if self.skip:
-                step = min(self.skip, end - pos)
-                self.skip -= step
-                pos += step
-                continue
-            need = 9 - len(self.header)
-            self.header += data[pos : pos + need]
-            pos += need
-            if len(self.header) < 9:
-                return True
-            length = int.from_bytes(self.header[:3], "big")
-            if length > max_size:
-                return False
-            self.skip, self.header = length, b""
-        return True
-
-
-class _Stream:
-    """Our side of one h2 stream: what is queued for the client and how its body is acked."""
-
-    __slots__ = (
-        "declared",
-        "drained",
-        "end",
-        "end_sent",
-        "handler",
-        "outbox",
-        "paused",
-        "received",
-        "remote_ended",
-        "reset",
-        "sent",
-        "session",
-        "sid",
-        "task_done",
-        "trailers",
-        "unacked",
-    )
-
-    def __init__(self, sid: int) -> None:
-        self.sid = sid
-        self.handler: HTTPStream | WebSocketStream | None = None
-        self.session: WebSocketSession | None = None
-        self.outbox = bytearray()
-        self.end = False  # the app has sent its last byte
-        self.end_sent = False  # END_STREAM has gone to h2
-        self.trailers: list[tuple[bytes, bytes]] | None = None
-        self.unacked = 0  # body bytes received while paused, acknowledged on resume
-        self.paused = False
-        self.drained: asyncio.Future[None] | None = None
-        self.reset = False  # reset by either side: nothing more is sent
-        self.task_done = False
-        self.received = 0
-        self.remote_ended = False
-        self.declared: int | None = None  # the response's Content-Length
-        self.sent = 0
 
 
 class HTTP2Connection(asyncio.Protocol):
@@ -192,7 +94,7 @@ class HTTP2Connection(asyncio.Protocol):
         )
         self.conn.decoder.max_header_list_size = config.limit_request_head
         self.transport: asyncio.Transport | None = None
-        self.streams: dict[int, _Stream] = {}
+        self.streams: dict[int, H2Stream] = {}
         self.client: tuple[str, int] | None = None
         self.server: tuple[str, int | None] | None = None
         self.scheme = "http"
@@ -203,7 +105,7 @@ class HTTP2Connection(asyncio.Protocol):
         self._closing = False  # GOAWAY sent: no new streams
         self._last_stream = 0  # the last stream served after GOAWAY
         self._lost = False
-        self._frames = FrameSizeCheck()
+        self._frames = FrameSizeCheck(len(PREFACE))
 
     # Taking over a socket --------------------------------------------------------------------
 
@@ -230,7 +132,7 @@ class HTTP2Connection(asyncio.Protocol):
             self._protocol_error(exc)
             return
         self._open_connection_window()
-        stream = self.streams[1] = _Stream(1)
+        stream = self.streams[1] = H2Stream(1)
         stream.remote_ended = True
         scope["http_version"] = "2"
         scope["extensions"] = {"http.response.trailers": {}}
@@ -347,7 +249,7 @@ class HTTP2Connection(asyncio.Protocol):
             headers.append((name, value))
         if authority and not has_host:
             headers.insert(0, (b"host", authority))  # what HTTP/1.1 apps read the host from
-        stream = self.streams[sid] = _Stream(sid)
+        stream = self.streams[sid] = H2Stream(sid)
         stream.remote_ended = event.stream_ended is not None
         limit = self.config.limit_concurrency
         if limit is not None and self.state.active >= limit:
@@ -389,7 +291,7 @@ class HTTP2Connection(asyncio.Protocol):
             "state": dict(self.state.app_state),
         }
 
-    def _start_http(self, stream: _Stream, scope: Scope, body_complete: bool) -> None:
+    def _start_http(self, stream: H2Stream, scope: Scope, body_complete: bool) -> None:
         handler = HTTPStream(self.app, scope, H2Responder(self, stream))
         stream.handler = handler
         if body_complete:
@@ -397,7 +299,7 @@ class HTTP2Connection(asyncio.Protocol):
         self._run(stream, handler.run())
 
     def _start_websocket(
-        self, stream: _Stream, scope: Scope, headers: list[tuple[bytes, bytes]]
+        self, stream: H2Stream, scope: Scope, headers: list[tuple[bytes, bytes]]
     ) -> None:
         version = b""
         protocols: list[str] = []
@@ -450,7 +352,7 @@ class HTTP2Connection(asyncio.Protocol):
             self.state.counters.bad_requests += 1
             handler.feed_disconnect()
             if handler.response_started:
-                self._reset(stream, _ERROR_CODES.CANCEL)
+                self.reset(stream, _ERROR_CODES.CANCEL)
             else:
                 self._refuse(stream, 413, f"body over {self.config.limit_request_body} bytes")
             return
@@ -465,7 +367,7 @@ class HTTP2Connection(asyncio.Protocol):
         if stream.session is not None:
             # The client ended its half: as a TCP EOF would for HTTP/1.1.
             stream.session.connection_lost()
-            self._finish_local(stream)
+            self.finish_local(stream)
         elif isinstance(stream.handler, HTTPStream) and not stream.reset:
             stream.handler.feed_body(b"", more=False)
         self._maybe_forget(stream)
@@ -482,11 +384,11 @@ class HTTP2Connection(asyncio.Protocol):
         if sid:
             stream = self.streams.get(sid)
             if stream is not None and stream.outbox:
-                self._flush(stream)
+                self.flush(stream)
             return
         for stream in list(self.streams.values()):
             if stream.outbox:
-                self._flush(stream)
+                self.flush(stream)
 
     def _on_goaway(
         self, event: h2.events.ConnectionTerminated, before: h2.connection.ConnectionState
@@ -521,14 +423,14 @@ class HTTP2Connection(asyncio.Protocol):
 
     # Running streams ---------------------------------------------------------------------------
 
-    def _run(self, stream: _Stream, work: Any) -> None:
+    def _run(self, stream: H2Stream, work: Any) -> None:
         self.state.active += 1
         self.state.counters.requests += 1
         task = self.loop.create_task(work)
         self.state.tasks.add(task)
         task.add_done_callback(lambda done: self._stream_done(stream, done))
 
-    def _stream_done(self, stream: _Stream, task: asyncio.Task[None]) -> None:
+    def _stream_done(self, stream: H2Stream, task: asyncio.Task[None]) -> None:
         self.state.active -= 1
         self.state.tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
@@ -539,10 +441,10 @@ class HTTP2Connection(asyncio.Protocol):
             pass  # the closing handshake ends the stream: the client's Close or CLOSE_TIMEOUT
         elif not stream.reset and not stream.end_sent and not stream.outbox and not self._lost:
             stream.end = True  # the app returned without ending its side
-            self._flush(stream)
+            self.flush(stream)
         self._maybe_forget(stream)
 
-    def _maybe_forget(self, stream: _Stream) -> None:
+    def _maybe_forget(self, stream: H2Stream) -> None:
         """Drop a stream whose app is done and whose answer has gone to h2 (or was reset)."""
         if not stream.task_done or not (stream.reset or stream.end_sent):
             return
@@ -559,7 +461,7 @@ class HTTP2Connection(asyncio.Protocol):
                 self._arm_idle_timer(self.config.timeout_keep_alive)
         self._schedule_write()
 
-    def _gone(self, stream: _Stream) -> None:
+    def _gone(self, stream: H2Stream) -> None:
         """The client can no longer hear this stream: its app is told, its window released."""
         self._release(stream)
         if stream.session is not None:
@@ -571,7 +473,7 @@ class HTTP2Connection(asyncio.Protocol):
 
     # Sending -------------------------------------------------------------------------------------
 
-    def send_headers(self, stream: _Stream, headers: list[tuple[bytes, bytes]], end: bool) -> None:
+    def send_headers(self, stream: H2Stream, headers: list[tuple[bytes, bytes]], end: bool) -> None:
         if stream.reset or self._lost:
             return
         try:
@@ -586,14 +488,14 @@ class HTTP2Connection(asyncio.Protocol):
             self._maybe_forget(stream)
         self._schedule_write()
 
-    def send_data(self, stream: _Stream, data: bytes, end: bool) -> None:
+    def send_data(self, stream: H2Stream, data: bytes, end: bool) -> None:
         if stream.reset or self._lost or stream.end:
             return
         stream.outbox += data
         stream.end = end
-        self._flush(stream)
+        self.flush(stream)
 
-    def _flush(self, stream: _Stream) -> None:
+    def flush(self, stream: H2Stream) -> None:
         """Frame what the stream has queued, as far as the client's windows allow."""
         conn = self.conn
         sid = stream.sid
@@ -625,7 +527,7 @@ class HTTP2Connection(asyncio.Protocol):
         if stream.end_sent:
             self._maybe_forget(stream)
 
-    async def drain(self, stream: _Stream) -> None:
+    async def drain(self, stream: H2Stream) -> None:
         """Wait until the stream's queue has gone to the socket and the socket is not full."""
         while (stream.outbox or self._write_paused) and not stream.reset and not self._lost:
             if stream.drained is None or stream.drained.done():
@@ -633,19 +535,19 @@ class HTTP2Connection(asyncio.Protocol):
             await stream.drained
 
     @staticmethod
-    def _wake(stream: _Stream) -> None:
+    def _wake(stream: H2Stream) -> None:
         waiter = stream.drained  # drain() checks again what it waits for
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
-    def _release(self, stream: _Stream) -> None:
+    def _release(self, stream: H2Stream) -> None:
         """Give back the connection window held by body the app will now never read."""
         if stream.unacked and not self._lost:
             size, stream.unacked = stream.unacked, 0
             self.conn.acknowledge_received_data(size, stream.sid)  # connection level if closed
             self._schedule_write()
 
-    def acknowledge(self, stream: _Stream) -> None:
+    def acknowledge(self, stream: H2Stream) -> None:
         """The stream's app caught up: open its window again."""
         stream.paused = False
         if stream.unacked and not stream.reset and not self._lost:
@@ -653,11 +555,11 @@ class HTTP2Connection(asyncio.Protocol):
             self.conn.acknowledge_received_data(size, stream.sid)
             self._schedule_write()
 
-    def _refuse(self, stream: _Stream, status: int, detail: str) -> None:
+    def _refuse(self, stream: H2Stream, status: int, detail: str) -> None:
         """Answer a stream we will not serve with a short plain-text error."""
         body = f"{status} {detail}\n".encode()
         headers = [
-            (b":status", _STATUS[status]),
+            (b":status", STATUS[status]),
             (b"content-type", b"text/plain; charset=utf-8"),
             (b"content-length", str(len(body)).encode()),
             *self.state.default_headers(),
@@ -667,7 +569,7 @@ class HTTP2Connection(asyncio.Protocol):
         self.send_headers(stream, headers, end=False)
         self.send_data(stream, body, end=True)
 
-    def _reset(self, stream: _Stream, code: h2.errors.ErrorCodes) -> None:
+    def reset(self, stream: H2Stream, code: h2.errors.ErrorCodes) -> None:
         if not stream.reset:
             stream.reset = True
             self._reset_stream(stream.sid, code)
@@ -679,11 +581,11 @@ class HTTP2Connection(asyncio.Protocol):
             self.conn.reset_stream(sid, code)
         self._schedule_write()
 
-    def _finish_local(self, stream: _Stream) -> None:
+    def finish_local(self, stream: H2Stream) -> None:
         """End our half of a WebSocket stream once what is queued has gone."""
         if not stream.end and not stream.reset:
             stream.end = True
-            self._flush(stream)
+            self.flush(stream)
 
     def _schedule_write(self) -> None:
         # Streams answer from their own tasks: one write per loop iteration gathers them.
@@ -745,194 +647,3 @@ class HTTP2Connection(asyncio.Protocol):
         if not self.streams and self.transport is not None and not self.transport.is_closing():
             self.conn.close_connection(_ERROR_CODES.NO_ERROR)
             self._close()
-
-
-class H2Responder:
-    """The :class:`~gateway.streams.http.Responder` of one HTTP/2 request stream."""
-
-    __slots__ = ("connection", "stream")
-
-    def __init__(self, connection: HTTP2Connection, stream: _Stream) -> None:
-        self.connection = connection
-        self.stream = stream
-
-    def send_response(
-        self, status: int, headers: list[tuple[bytes, bytes]], body: bytes, end: bool
-    ) -> None:
-        connection, stream = self.connection, self.stream
-        full = [(b":status", _STATUS[status])]
-        names: set[bytes] = set()
-        # No body goes with these, whatever Content-Length says (RFC 9110 §6.4.1, §8.6).
-        bodiless = status in (204, 304) or status < 200 or self._head_request()
-        if bodiless:
-            stream.declared = 0
-        for name, value in headers:
-            if name in _HOP_BY_HOP:
-                continue
-            if name == b"content-length" and not bodiless:
-                if not value.isdigit():
-                    raise ProtocolViolation(f"response Content-Length {value!r} is not a number")
-                stream.declared = int(value)
-            names.add(name)
-            full.append((name, value))
-        full += [pair for pair in connection.state.default_headers() if pair[0] not in names]
-        self._count(body, end)
-        if end and not body:
-            connection.send_headers(stream, full, end=True)
-            return
-        connection.send_headers(stream, full, end=False)
-        connection.send_data(stream, body, end)
-
-    def send_body(self, body: bytes, end: bool) -> None:
-        self._count(body, end)
-        self.connection.send_data(self.stream, body, end)
-
-    def _head_request(self) -> bool:
-        handler = self.stream.handler
-        return isinstance(handler, HTTPStream) and handler.head_request
-
-    def send_trailers(self, headers: list[tuple[bytes, bytes]]) -> None:
-        stream = self.stream
-        stream.trailers = [pair for pair in headers if pair[0] not in _HOP_BY_HOP]
-        stream.end = True
-        self.connection._flush(stream)
-
-    def _count(self, body: bytes, end: bool) -> None:
-        """Hold the app to its Content-Length, as HTTP/1.1 framing would."""
-        stream = self.stream
-        stream.sent += len(body)
-        declared = stream.declared
-        if declared is None:
-            return
-        if stream.sent > declared or (end and stream.sent < declared):
-            self.connection._reset(stream, _ERROR_CODES.INTERNAL_ERROR)
-            raise ProtocolViolation(
-                f"response body of {stream.sent} bytes against Content-Length {declared}"
-            )
-
-    async def drain(self) -> None:
-        await self.connection.drain(self.stream)
-
-    def pause_reading(self) -> None:
-        self.stream.paused = True
-
-    def resume_reading(self) -> None:
-        self.connection.acknowledge(self.stream)
-
-    def abort(self) -> None:
-        self.connection._reset(self.stream, _ERROR_CODES.INTERNAL_ERROR)
-
-
-class H2Carrier:
-    """A :class:`~gateway.connections.websocket.WebSocketCarrier` over one HTTP/2 stream."""
-
-    __slots__ = ("connection", "stream")
-
-    def __init__(self, connection: HTTP2Connection, stream: _Stream) -> None:
-        self.connection = connection
-        self.stream = stream
-
-    def write(self, data: bytes) -> None:
-        self.connection.send_data(self.stream, data, end=False)
-
-    def is_closing(self) -> bool:
-        stream = self.stream
-        transport = self.connection.transport
-        return stream.reset or stream.end or transport is None or transport.is_closing()
-
-    def close(self) -> None:
-        self.connection._finish_local(self.stream)
-
-    def abort(self) -> None:
-        self.connection._reset(self.stream, _ERROR_CODES.CANCEL)
-
-    def buffered(self) -> int:
-        transport = self.connection.transport
-        queued = transport.get_write_buffer_size() if transport is not None else 0
-        return len(self.stream.outbox) + queued
-
-    async def drain(self) -> None:
-        await self.connection.drain(self.stream)
-
-    def pause_reading(self) -> None:
-        self.stream.paused = True
-
-    def resume_reading(self) -> None:
-        self.connection.acknowledge(self.stream)
-
-
-class H2WebSocketResponder:
-    """The :class:`~gateway.streams.websocket.WebSocketResponder` of an extended CONNECT."""
-
-    def __init__(
-        self, connection: HTTP2Connection, stream: _Stream, offers: bytes, target: str
-    ) -> None:
-        self.connection = connection
-        self.stream = stream
-        self.offers = offers
-        self.session = WebSocketSession(
-            H2Carrier(connection, stream), connection.config, connection.state, target
-        )
-        self._answered = False
-
-    def accept(self, subprotocol: str | None, headers: list[tuple[bytes, bytes]]) -> None:
-        stream = self.stream
-        if stream.reset or self._answered:
-            raise ClientDisconnected("WebSocket closed before the handshake completed")
-        self._answered = True
-        response = [(b":status", b"200")]
-        extensions = []
-        if self.offers and self.connection.config.websocket_per_message_deflate:
-            negotiated = negotiate_deflate(
-                self.offers.decode("latin-1"), self.connection.config.websocket_max_message_size
-            )
-            if negotiated is not None:
-                extensions.append(negotiated[0])
-                response.append((b"sec-websocket-extensions", negotiated[1]))
-        if subprotocol:
-            response.append((b"sec-websocket-protocol", subprotocol.encode()))
-        names = {name.lower() for name, _ in headers}
-        response += [
-            pair for pair in self.connection.state.default_headers() if pair[0] not in names
-        ]
-        response += [
-            (name.lower(), value) for name, value in headers if name.lower() not in _HOP_BY_HOP
-        ]
-        self.connection.send_headers(stream, response, end=False)
-        self.session.start(list(extensions))
-
-    async def send_message(self, data: str | bytes) -> None:
-        await self.session.send_message(data)
-
-    def close(self, code: int, reason: str) -> None:
-        if not self._answered:  # the app gave up before answering: refuse the stream
-            self.connection._reset(self.stream, _ERROR_CODES.CANCEL)
-            return
-        self.session.close(code, reason)
-
-    def deny(self, status: int, headers: list[tuple[bytes, bytes]], body: bytes, end: bool) -> None:
-        connection, stream = self.connection, self.stream
-        if status:
-            self._answered = True
-            full = [(b":status", _STATUS.get(status, b"500"))]
-            full += [(n.lower(), v) for n, v in headers if n.lower() not in _HOP_BY_HOP]
-            connection.send_headers(stream, full, end=end and not body)
-            if end and not body:
-                return
-        connection.send_data(stream, body, end)
-
-    def pause_reading(self) -> None:
-        self.session.pause_reading()
-
-    def resume_reading(self) -> None:
-        self.session.resume_reading()
-
-    def shutdown(self, restart: bool) -> None:
-        if not self._answered:
-            code = 1012 if restart else 1001
-            handler = self.stream.handler
-            if isinstance(handler, WebSocketStream):
-                handler.feed_disconnect(code)
-            self.deny(503, [(b"content-length", b"0")], b"", end=True)
-            return
-        self.session.shutdown(restart)
