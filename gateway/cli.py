@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 import click
 from click.core import ParameterSource
 
-from gateway.config import Config, ConfigError
+from gateway.config import Config, ConfigError, check_log_format
 from gateway.lifespan import LifespanFailure
 
 EXIT_CONFIG = 1
@@ -76,7 +76,55 @@ class Number(_ParamType):
         return number
 
 
+class Timeout(_ParamType):
+    """Seconds above 0, or -1 for no limit (Daphne's convention) → None."""
+
+    name = "float"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if value is None:
+            return None
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not a valid float", param, ctx)
+        if number == -1:
+            return None
+        if not 0 < number < float("inf"):
+            self.fail(f"{value!r} is out of range: must be above 0, or -1 for no limit", param, ctx)
+        return number
+
+
+class HeaderName(_ParamType):
+    """An HTTP header name (an RFC 9110 token), as a proxy would send it."""
+
+    name = "header"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        text = str(value).strip()
+        if not text or any(c not in _TOKEN_CHARS for c in text):
+            self.fail(f"{value!r} is not an HTTP header name", param, ctx)
+        return text
+
+
+class LogFormat(_ParamType):
+    """A ``logging`` %-style format string, checked against a real record at start."""
+
+    name = "format"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        try:
+            check_log_format(str(value))
+        except ConfigError as exc:
+            self.fail(str(exc), param, ctx)
+        return str(value)
+
+
+_TOKEN_CHARS = frozenset(
+    "!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+)
 SECONDS = Number(float)
+TIMEOUT = Timeout()
 BYTES = Number(int, 1)
 COUNT = Number(int, 1)
 HELP_COLUMN = 36  # widest option column; wider options put their help on the next line
@@ -233,6 +281,22 @@ LISTEN, TLS, APP, PROXY, HTTP, WS, LOG = GROUPS[:7]
     help="Take client address and scheme from X-Forwarded-For/-Proto.",
 )
 @option(
+    "--proxy-headers-host",
+    group=PROXY,
+    type=HeaderName(),
+    default=_DEFAULTS["proxy_headers_host"],
+    metavar="HEADER",
+    help="With --proxy-headers: the header holding the client address (X-Real-IP, say).",
+)
+@option(
+    "--proxy-headers-port",
+    group=PROXY,
+    type=HeaderName(),
+    default=_DEFAULTS["proxy_headers_port"],
+    metavar="HEADER",
+    help="With --proxy-headers: the header holding the client port.",
+)
+@option(
     "--forwarded-allow-ips",
     group=PROXY,
     default=",".join(_DEFAULTS["forwarded_allow_ips"]),
@@ -247,6 +311,16 @@ LISTEN, TLS, APP, PROXY, HTTP, WS, LOG = GROUPS[:7]
     help="Value of the Server response header.",
 )
 @option("--no-server-name", group=PROXY, is_flag=True, help="Send no Server header.")
+@option(
+    "-t",
+    "--http-timeout",
+    group=HTTP,
+    type=TIMEOUT,
+    default=_DEFAULTS["http_timeout"],
+    metavar="SECONDS",
+    show_default="no limit",
+    help="An app that has not started its response by then is cancelled; the client gets 503.",
+)
 @option(
     "--timeout-keep-alive",
     group=HTTP,
@@ -318,6 +392,27 @@ LISTEN, TLS, APP, PROXY, HTTP, WS, LOG = GROUPS[:7]
     help="Close a WebSocket whose client has not answered a ping by then.",
 )
 @option(
+    "--websocket_timeout",
+    "--websocket-timeout",
+    "websocket_timeout",
+    group=WS,
+    type=TIMEOUT,
+    default=_DEFAULTS["websocket_timeout"],
+    metavar="SECONDS",
+    show_default="no limit",
+    help="Close a WebSocket (code 1000) once it has been open this long; -1 for no limit.",
+)
+@option(
+    "--websocket_connect_timeout",
+    "--websocket-connect-timeout",
+    "websocket_connect_timeout",
+    group=WS,
+    type=TIMEOUT,
+    default=_DEFAULTS["websocket_connect_timeout"],
+    metavar="SECONDS",
+    help="Deny (503) a WebSocket the app has not accepted by then; -1 for no limit.",
+)
+@option(
     "--websocket-max-message-size",
     group=WS,
     type=BYTES,
@@ -364,6 +459,14 @@ LISTEN, TLS, APP, PROXY, HTTP, WS, LOG = GROUPS[:7]
     metavar="0-3",
     help="0 warnings only, 1 start/stop, 2 debug, 3 debug with asyncio.",
 )
+@option(
+    "--log-fmt",
+    group=LOG,
+    type=LogFormat(),
+    default=_DEFAULTS["log_fmt"],
+    metavar="FORMAT",
+    help="Python logging format of the server's own lines (not the access log).",
+)
 def main(**options: Any) -> None:
     """Serve the ASGI application APP over HTTP/1.1 and WebSocket.
 
@@ -381,6 +484,7 @@ def main(**options: Any) -> None:
     """
     ctx = click.get_current_context()
     _check_listen_options(ctx, options)
+    _check_proxy_options(ctx, options)
     try:
         config = build_config(options)
     except ConfigError as exc:
@@ -429,6 +533,12 @@ def build_config(options: dict[str, Any]) -> Config:
         loop=options["loop"],
         http2=options["http2"],
         h2_max_concurrent_streams=options["h2_max_concurrent_streams"],
+        http_timeout=options["http_timeout"],
+        websocket_timeout=options["websocket_timeout"],
+        websocket_connect_timeout=options["websocket_connect_timeout"],
+        proxy_headers_host=options["proxy_headers_host"],
+        proxy_headers_port=options["proxy_headers_port"],
+        log_fmt=options["log_fmt"],
     )
 
 
@@ -468,3 +578,16 @@ def _check_listen_options(ctx: click.Context, options: dict[str, Any]) -> None:
         raise click.UsageError("give either --unix-socket or --fd, not both")
     if given & {"unix_socket", "fd"} and given & {"bind", "port"}:
         raise click.UsageError("--unix-socket and --fd replace --bind/--port; give one of them")
+
+
+def _check_proxy_options(ctx: click.Context, options: dict[str, Any]) -> None:
+    """As in Daphne, naming the proxy's headers without --proxy-headers is a mistake."""
+    if options["proxy_headers"]:
+        return
+    for name in ("proxy_headers_host", "proxy_headers_port"):
+        if ctx.get_parameter_source(name) in (
+            ParameterSource.COMMANDLINE,
+            ParameterSource.ENVIRONMENT,
+        ):
+            flag = "--" + name.replace("_", "-")
+            raise click.UsageError(f"{flag} needs --proxy-headers")

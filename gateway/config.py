@@ -12,6 +12,7 @@ import inspect
 import ipaddress
 import logging
 import os
+import re
 import ssl
 import sys
 from collections.abc import Awaitable, Callable, MutableMapping
@@ -28,6 +29,8 @@ logger = logging.getLogger("gateway.error")
 
 SERVER_NAME = "roomcast"
 MIB = 1024 * 1024
+LOG_FORMAT = "%(asctime)s %(levelname)-8s %(message)s"  # the gateway.error lines (--log-fmt)
+_TOKEN = re.compile(r"[-!#$%&'*+.^_`|~0-9a-zA-Z]+")  # RFC 9110 token: a valid header name
 
 
 class ConfigError(Exception):
@@ -72,6 +75,13 @@ class Config:
     loop: Literal["auto", "asyncio", "uvloop"] = "auto"  # auto: uvloop when installed
     http2: bool = True  # h2 by ALPN, by the connection preface and by Upgrade: h2c
     h2_max_concurrent_streams: int = 100  # SETTINGS_MAX_CONCURRENT_STREAMS; more: GOAWAY
+    # Daphne's flags. Timeouts are seconds; None means no limit.
+    http_timeout: float | None = None  # no http.response.start by then: 503, app cancelled
+    websocket_timeout: float | None = None  # an accepted WebSocket is closed (1000) after this
+    websocket_connect_timeout: float | None = 5.0  # not accepted by then: denied with 503
+    proxy_headers_host: str = "X-Forwarded-For"  # with proxy_headers: the client's address
+    proxy_headers_port: str = "X-Forwarded-Port"  # with proxy_headers: the client's port
+    log_fmt: str = LOG_FORMAT  # logging format of gateway.error (not the access log)
 
     def __post_init__(self) -> None:
         for name in ("port", "workers", "backlog", "limit_request_body", "limit_request_head"):
@@ -93,6 +103,17 @@ class Config:
             )
         if self.websocket_max_message_size <= 0:
             raise ConfigError("websocket_max_message_size must be positive")
+        for name in ("http_timeout", "websocket_timeout", "websocket_connect_timeout"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, (int, float)) or not value > 0):
+                raise ConfigError(f"{name} must be a positive number of seconds or None")
+        for name in ("proxy_headers_host", "proxy_headers_port"):
+            if not _TOKEN.fullmatch(getattr(self, name)):
+                raise ConfigError(f"{name} {getattr(self, name)!r} is not a header name")
+        check_log_format(self.log_fmt)
+        # Header names as connections hand them over: lower-cased bytes.
+        self.proxy_host_header = self.proxy_headers_host.lower().encode("latin-1")
+        self.proxy_port_header = self.proxy_headers_port.lower().encode("latin-1")
         self._forwarded_networks = [
             _network(entry) for entry in self.forwarded_allow_ips if entry != "*"
         ]
@@ -170,6 +191,15 @@ class Config:
         if _is_asgi2(app):
             return _ASGI2Adapter(app)
         return app  # type: ignore[no-any-return]
+
+
+def check_log_format(fmt: str) -> None:
+    """Refuse a ``%``-style format that fails on a real record now, not on the first log line."""
+    record = logging.LogRecord("gateway.error", logging.INFO, __file__, 0, "message", (), None)
+    try:
+        logging.Formatter(fmt, validate=True).format(record)
+    except (TypeError, ValueError, KeyError) as exc:
+        raise ConfigError(f"log format {fmt!r} is not a logging format: {exc}") from None
 
 
 def _network(entry: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:

@@ -10,24 +10,28 @@ from __future__ import annotations
 import logging
 import sys
 
-from gateway.config import Config, ConfigError
+from gateway.config import LOG_FORMAT, Config, ConfigError
 
 error_logger = logging.getLogger("gateway.error")
 access_logger = logging.getLogger("gateway.access")
 
 # Daphne's -v levels: 0 warnings and errors, 1 also start/stop, 2 and 3 debug (3 adds asyncio).
 VERBOSITY_LEVELS = {0: logging.WARNING, 1: logging.INFO, 2: logging.DEBUG, 3: logging.DEBUG}
-ERROR_FORMAT = "%(asctime)s %(levelname)-8s %(message)s"
+ERROR_FORMAT = LOG_FORMAT  # the default; --log-fmt replaces it
 ACCESS_FORMAT = "%(asctime)s %(message)s"
 
 _OURS = "_gateway_handler"  # marks handlers we added, so configuring twice replaces them
 
 
 def configure_logging(config: Config) -> None:
-    """Set levels and handlers of our loggers from ``verbosity`` and ``access_log``."""
+    """Set levels and handlers of our loggers from ``verbosity``, ``log_fmt`` and ``access_log``.
+
+    ``log_fmt`` (Daphne's ``--log-fmt``) formats the ``gateway.error`` lines only: the access
+    log keeps its own fixed format, as Daphne's access log does.
+    """
     level = VERBOSITY_LEVELS.get(config.verbosity, logging.DEBUG)
     error_handler = logging.StreamHandler(sys.stderr)
-    error_handler.setFormatter(logging.Formatter(ERROR_FORMAT))
+    error_handler.setFormatter(logging.Formatter(config.log_fmt))
     _install(error_logger, error_handler, level)
     logging.getLogger("asyncio").setLevel(
         logging.DEBUG if config.verbosity >= 3 else logging.WARNING

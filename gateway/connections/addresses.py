@@ -1,5 +1,6 @@
 """Who is on each end of a connection, for the scope: the socket's addresses and scheme, or
-what a trusted proxy's X-Forwarded-* headers say (shared by HTTP/1.1 and HTTP/2)."""
+what a trusted proxy's X-Forwarded-* headers (or the ones configured) say; shared by HTTP/1.1
+and HTTP/2."""
 
 from __future__ import annotations
 
@@ -34,19 +35,33 @@ def from_proxy(
     client: tuple[str, int] | None,
     scheme: str,
 ) -> tuple[tuple[str, int] | None, str]:
-    """``(client, scheme)`` as ``X-Forwarded-For``/``-Proto`` tell them, if we trust the peer."""
+    """``(client, scheme)`` as a trusted proxy's headers tell them, else the socket's.
+
+    The address comes from ``--proxy-headers-host`` (X-Forwarded-For), the port from
+    ``--proxy-headers-port`` (X-Forwarded-Port) when that holds one number, as in Daphne; the
+    port is only taken along with an address from the proxy, and is 0 when it sends none.
+    """
     if not config.proxy_headers or not config.trusts_proxy(client[0] if client else None):
         return client, scheme
+    host_header, port_header = config.proxy_host_header, config.proxy_port_header
+    forwarded: str | None = None
+    port = 0
     for name, value in headers:
-        if name == b"x-forwarded-proto":
-            proto = value.decode("latin-1").split(",")[-1].strip().lower()
-            if proto in ("http", "https", "ws", "wss"):
-                scheme = {"ws": "http", "wss": "https"}.get(proto, proto)
-        elif name == b"x-forwarded-for":
+        if name == host_header:
             hops = [hop.strip() for hop in value.decode("latin-1").split(",") if hop.strip()]
             # The right-most hop that is not one of our trusted proxies is the client.
             for hop in reversed(hops):
                 if not config.trusts_proxy(hop) or hop == hops[0]:
-                    client = (hop, 0)
+                    forwarded = hop
                     break
+        elif name == port_header:
+            text = value.decode("latin-1").strip()
+            if text.isascii() and text.isdigit() and int(text) <= 65535:
+                port = int(text)
+        elif name == b"x-forwarded-proto":
+            proto = value.decode("latin-1").split(",")[-1].strip().lower()
+            if proto in ("http", "https", "ws", "wss"):
+                scheme = {"ws": "http", "wss": "https"}.get(proto, proto)
+    if forwarded is not None:
+        client = (forwarded, port)
     return client, scheme

@@ -316,7 +316,7 @@ class HTTP1Connection(asyncio.Protocol):
         self._head_request = request.method == b"HEAD"
         self._http11 = request.http_version == b"1.1"
         self._keep_alive = self._http11 and b"close" not in connection
-        stream = self.stream = HTTPStream(self.app, scope, self)
+        stream = self.stream = HTTPStream(self.app, scope, self, self.config.http_timeout)
         if expect == b"100-continue":
             stream.on_first_receive = self._continue
         self._run(stream.run())
@@ -384,7 +384,13 @@ class HTTP1Connection(asyncio.Protocol):
         handler = self.websocket = WebSocketHandler(
             self.transport, self.config, self.state, request, self.h11, self.drain
         )
-        stream = WebSocketStream(self.app, scope, handler)
+        stream = WebSocketStream(
+            self.app,
+            scope,
+            handler,
+            self.config.websocket_connect_timeout,
+            self.config.websocket_timeout,
+        )
         handler.stream = stream
         trailing, _ = self.h11.trailing_data
         if trailing:

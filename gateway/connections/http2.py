@@ -292,7 +292,8 @@ class HTTP2Connection(asyncio.Protocol):
         }
 
     def _start_http(self, stream: H2Stream, scope: Scope, body_complete: bool) -> None:
-        handler = HTTPStream(self.app, scope, H2Responder(self, stream))
+        responder = H2Responder(self, stream)
+        handler = HTTPStream(self.app, scope, responder, self.config.http_timeout)
         stream.handler = handler
         if body_complete:
             handler.feed_body(b"", more=False)
@@ -320,7 +321,13 @@ class HTTP2Connection(asyncio.Protocol):
         scope["subprotocols"] = protocols
         scope["extensions"] = {"websocket.http.response": {}}
         responder = H2WebSocketResponder(self, stream, b", ".join(offers), scope["path"])
-        handler = WebSocketStream(self.app, scope, responder)
+        handler = WebSocketStream(
+            self.app,
+            scope,
+            responder,
+            self.config.websocket_connect_timeout,
+            self.config.websocket_timeout,
+        )
         stream.handler = handler
         stream.session = responder.session
         responder.session.stream = handler

@@ -25,6 +25,12 @@ logger = logging.getLogger("gateway.error")
 # Request body buffered for the app before the connection stops reading from the client.
 BODY_HIGH_WATER = 256 * 1024
 
+_TIMEOUT_BODY = b"Service Unavailable"
+_TIMEOUT_HEADERS = [
+    (b"content-type", b"text/plain; charset=utf-8"),
+    (b"content-length", str(len(_TIMEOUT_BODY)).encode()),
+    (b"connection", b"close"),
+]
 _ERROR_BODY = b"Internal Server Error"
 _ERROR_HEADERS = [
     (b"content-type", b"text/plain; charset=utf-8"),
@@ -76,7 +82,14 @@ class ProtocolViolation(Exception):
 class HTTPStream:
     """Runs ``app`` for one request and relays its messages to a :class:`Responder`."""
 
-    def __init__(self, app: ASGIApp, scope: Scope, responder: Responder) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        scope: Scope,
+        responder: Responder,
+        http_timeout: float | None = None,
+    ) -> None:
+        """``http_timeout``: ``Config.http_timeout``, None for no limit; see ``run``."""
         self.app = app
         self.scope = scope
         self.responder = responder
@@ -102,6 +115,10 @@ class HTTPStream:
         self._started_at = time.perf_counter()
         # Called once, when the app first waits for body: HTTP/1.1 sends 100 Continue then.
         self.on_first_receive: Callable[[], None] | None = None
+        self.http_timeout = http_timeout
+        self._timer: asyncio.TimerHandle | None = None
+        self._task: asyncio.Task[Any] | None = None
+        self._timed_out = False
 
     # Fed by the connection ----------------------------------------------------------------
 
@@ -127,10 +144,20 @@ class HTTPStream:
     # The ASGI side --------------------------------------------------------------------------
 
     async def run(self) -> None:
-        """Run the app to completion; faults become a 500 or an abort, and are logged."""
+        """Run the app to completion; faults become a 500 or an abort, and are logged.
+
+        With ``http_timeout`` (Daphne's ``--http-timeout``), an app that has not sent
+        ``http.response.start`` within that many seconds gets its client a 503 and is cancelled.
+        """
+        if self.http_timeout is not None:
+            self._task = asyncio.current_task()
+            loop = asyncio.get_running_loop()
+            self._timer = loop.call_later(self.http_timeout, self._on_http_timeout)
         try:
             await self.app(self.scope, self.receive, self.send)
         except asyncio.CancelledError:
+            if self._timed_out and self._task is not None and self._task.uncancel() == 0:
+                return  # our own cancellation: the 503 went out, the stream ends normally
             if not self.response_complete:
                 self.responder.abort()
             raise
@@ -157,7 +184,34 @@ class HTTPStream:
                     )
                     self._fail()
         finally:
+            self._cancel_timer()
             self._log()
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _on_http_timeout(self) -> None:
+        """No response started in time: answer 503 (if the client is still there), cancel."""
+        self._timer = None
+        if self.response_started or self.response_complete:
+            return
+        self._timed_out = True
+        logger.warning(
+            "application did not start a response within %gs on %s: 503",
+            self.http_timeout,
+            self._where(),
+        )
+        self.response_started = self.response_complete = True
+        self._status = 503
+        if not self._disconnected:
+            self._head_sent = True
+            self.responder.send_response(503, list(_TIMEOUT_HEADERS), _TIMEOUT_BODY, end=True)
+            self._sent_bytes = len(_TIMEOUT_BODY)
+        self._wake()
+        if self._task is not None:
+            self._task.cancel()
 
     def _fail(self) -> None:
         if self._head_sent or self._disconnected:
@@ -280,6 +334,7 @@ class HTTPStream:
         headers = _validated_headers(message.get("headers", ()))
         if message.get("trailers", False) and self.trailers_offered:
             self._trailers = []
+        self._cancel_timer()
         self.response_started = True
         self._status = status
         self._headers = headers

@@ -59,10 +59,22 @@ _DENIED = [(b"content-type", b"text/plain; charset=utf-8"), (b"connection", b"cl
 class WebSocketStream:
     """Runs ``app`` for one WebSocket and relays messages both ways."""
 
-    def __init__(self, app: ASGIApp, scope: Scope, responder: WebSocketResponder) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        scope: Scope,
+        responder: WebSocketResponder,
+        connect_timeout: float | None = None,
+        session_timeout: float | None = None,
+    ) -> None:
+        """The timeouts are Config's ``websocket_connect_timeout`` and ``websocket_timeout``;
+        None means no limit."""
         self.app = app
         self.scope = scope
         self.responder = responder
+        self.connect_timeout = connect_timeout
+        self.session_timeout = session_timeout
+        self._timer: asyncio.TimerHandle | None = None
         self.state = State.CONNECTING
         self._incoming: deque[Message] = deque([{"type": "websocket.connect"}])
         self._waiting: asyncio.Future[None] | None = None
@@ -84,6 +96,7 @@ class WebSocketStream:
         self._wake()
 
     def feed_disconnect(self, code: int, reason: str = "") -> None:
+        self._cancel_timer()
         if self._disconnected is None:
             self._disconnected = {"type": "websocket.disconnect", "code": code, "reason": reason}
             self.state = State.CLOSED
@@ -97,6 +110,44 @@ class WebSocketStream:
     # The ASGI side --------------------------------------------------------------------------
 
     async def run(self) -> None:
+        """Run the app; a handshake it leaves unanswered past ``connect_timeout`` is denied."""
+        if self.connect_timeout is not None:
+            loop = asyncio.get_running_loop()
+            self._timer = loop.call_later(self.connect_timeout, self._on_connect_timeout)
+        try:
+            await self._run_app()
+        finally:
+            self._cancel_timer()
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _on_connect_timeout(self) -> None:
+        """Daphne's ``--websocket_connect_timeout``: deny with 503; the app sees a disconnect."""
+        self._timer = None
+        if self.state is not State.CONNECTING:
+            return
+        logger.warning(
+            "application did not accept WebSocket %s within %gs: 503",
+            self.scope["path"],
+            self.connect_timeout,
+        )
+        self._deny(503)
+        self.feed_disconnect(1006)  # the session never opened: an abnormal closure
+
+    def _on_session_timeout(self) -> None:
+        """Daphne's ``--websocket_timeout``: close (1000) a WebSocket open for that long."""
+        self._timer = None
+        if self.state is not State.CONNECTED:
+            return
+        logger.info("closing WebSocket %s after %gs", self.scope["path"], self.session_timeout)
+        self.state = State.CLOSED
+        self.responder.close(1000, "")
+        self.feed_disconnect(1000)
+
+    async def _run_app(self) -> None:
         try:
             await self.app(self.scope, self.receive, self.send)
         except asyncio.CancelledError:
@@ -192,7 +243,11 @@ class WebSocketStream:
                 if subprotocol is not None and subprotocol not in self.scope["subprotocols"]:
                     logger.warning("subprotocol %r was not offered by the client", subprotocol)
                 self.state = State.CONNECTED
+                self._cancel_timer()
                 self.responder.accept(subprotocol, headers)
+                if self.session_timeout is not None:
+                    loop = asyncio.get_running_loop()
+                    self._timer = loop.call_later(self.session_timeout, self._on_session_timeout)
                 return
             if kind == "websocket.close":
                 self._deny(403)

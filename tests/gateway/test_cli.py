@@ -71,6 +71,14 @@ def test_help_shows_sections_flags_and_the_env_prefix() -> None:
         "--graceful-timeout",
         "--backlog",
         "--factory",
+        "--http-timeout",
+        "--websocket_timeout",
+        "--websocket-timeout",
+        "--websocket_connect_timeout",
+        "--websocket-connect-timeout",
+        "--proxy-headers-host",
+        "--proxy-headers-port",
+        "--log-fmt",
     ):
         assert flag in text, flag
     assert "GATEWAY_<OPTION>" in text
@@ -101,6 +109,9 @@ def test_every_flag_reaches_config(captured: list[Config]) -> None:
             *("--limit-concurrency", "100", "--limit-request-body", "1000"),
             *("--limit-request-head", "2000", "--graceful-timeout", "9", "--backlog", "64"),
             *("--no-http2", "--h2-max-concurrent-streams", "16"),
+            *("-t", "30", "--websocket_timeout", "600", "--websocket_connect_timeout", "2"),
+            *("--proxy-headers-host", "X-Real-IP", "--proxy-headers-port", "X-Real-Port"),
+            *("--log-fmt", "%(levelname)s %(message)s"),
             "--factory",
             "tests.gateway.apps:make_hello",
         ]
@@ -138,6 +149,12 @@ def test_every_flag_reaches_config(captured: list[Config]) -> None:
         backlog=64,
         http2=False,
         h2_max_concurrent_streams=16,
+        http_timeout=30.0,
+        websocket_timeout=600.0,
+        websocket_connect_timeout=2.0,
+        proxy_headers_host="X-Real-IP",
+        proxy_headers_port="X-Real-Port",
+        log_fmt="%(levelname)s %(message)s",
     )
 
 
@@ -152,6 +169,12 @@ def test_environment_sets_every_kind_of_option(captured: list[Config]) -> None:
         "GATEWAY_NO_SERVER_NAME": "1",
         "GATEWAY_GRACEFUL_TIMEOUT": "2.5",
         "GATEWAY_LIFESPAN": "off",
+        "GATEWAY_HTTP_TIMEOUT": "30",
+        "GATEWAY_WEBSOCKET_TIMEOUT": "-1",
+        "GATEWAY_WEBSOCKET_CONNECT_TIMEOUT": "2",
+        "GATEWAY_PROXY_HEADERS_HOST": "X-Real-IP",
+        "GATEWAY_PROXY_HEADERS_PORT": "X-Real-Port",
+        "GATEWAY_LOG_FMT": "%(message)s",
     }
     invoke(["--graceful-timeout", "1"], env=env)  # the command line wins over the environment
     (config,) = captured
@@ -164,6 +187,11 @@ def test_environment_sets_every_kind_of_option(captured: list[Config]) -> None:
     assert config.server_name is None
     assert config.graceful_timeout == 1.0
     assert config.lifespan == "off"
+    assert config.http_timeout == 30.0
+    assert config.websocket_timeout is None
+    assert config.websocket_connect_timeout == 2.0
+    assert (config.proxy_headers_host, config.proxy_headers_port) == ("X-Real-IP", "X-Real-Port")
+    assert config.log_fmt == "%(message)s"
 
 
 @pytest.mark.parametrize(
