@@ -17,7 +17,7 @@ import h2.errors
 
 from ..streams.http import ClientDisconnected, HTTPStream, ProtocolViolation
 from ..streams.websocket import WebSocketStream
-from .websocket import WebSocketSession, negotiate_deflate
+from .websocket import WebSocketSession, accept_headers
 
 if TYPE_CHECKING:
     from .http2 import HTTP2Connection
@@ -204,26 +204,15 @@ class H2WebSocketResponder:
         if stream.reset or self._answered:
             raise ClientDisconnected("WebSocket closed before the handshake completed")
         self._answered = True
+        connection = self.connection
+        headers = [(name.lower(), value) for name, value in headers]
+        extensions, answer = accept_headers(
+            connection.config, connection.state, self.offers, subprotocol, headers
+        )
         response = [(b":status", b"200")]
-        extensions = []
-        if self.offers and self.connection.config.websocket_per_message_deflate:
-            negotiated = negotiate_deflate(
-                self.offers.decode("latin-1"), self.connection.config.websocket_max_message_size
-            )
-            if negotiated is not None:
-                extensions.append(negotiated[0])
-                response.append((b"sec-websocket-extensions", negotiated[1]))
-        if subprotocol:
-            response.append((b"sec-websocket-protocol", subprotocol.encode()))
-        names = {name.lower() for name, _ in headers}
-        response += [
-            pair for pair in self.connection.state.default_headers() if pair[0] not in names
-        ]
-        response += [
-            (name.lower(), value) for name, value in headers if name.lower() not in HOP_BY_HOP
-        ]
-        self.connection.send_headers(stream, response, end=False)
-        self.session.start(list(extensions))
+        response += [pair for pair in answer if pair[0] not in HOP_BY_HOP]
+        connection.send_headers(stream, response, end=False)
+        self.session.start(extensions)
 
     async def send_message(self, data: str | bytes) -> None:
         await self.session.send_message(data)

@@ -19,7 +19,6 @@ import logging
 import re
 from http import HTTPStatus
 from typing import Any, cast
-from urllib.parse import unquote
 
 import h11
 
@@ -27,10 +26,11 @@ from ..config import ASGIApp, Config, Scope
 from ..state import ServerState
 from ..streams.http import HTTPStream, ProtocolViolation
 from ..streams.websocket import WebSocketStream
-from .addresses import from_proxy, socket_addresses
+from .addresses import socket_addresses
 from .h1writer import ResponseFramingError, ResponseWriter
 from .http2 import PREFACE as H2_PREFACE
 from .http2 import HTTP2Connection
+from .scope import request_scope
 from .websocket import WebSocketHandler
 
 logger = logging.getLogger("gateway.error")
@@ -344,24 +344,19 @@ class HTTP1Connection(asyncio.Protocol):
 
     def _scope(self, request: h11.Request, headers: list[tuple[bytes, bytes]]) -> Scope:
         target = request.target
-        raw_path, _, query = target.partition(b"?")
-        if raw_path[:1] != b"/" and b"://" in raw_path:  # absolute-form target
-            raw_path = b"/" + raw_path.split(b"://", 1)[1].partition(b"/")[2]
-        client, scheme = from_proxy(self.config, headers, self.client, self.scheme)
-        root = self.config.root_path
-        return {
-            "asgi": {"version": "3.0", "spec_version": "2.4"},
-            "http_version": request.http_version.decode("ascii"),
-            "scheme": scheme,
-            "path": root + unquote(raw_path.decode("ascii", "replace")),
-            "raw_path": raw_path,
-            "query_string": query,
-            "root_path": root,
-            "headers": headers,
-            "client": client,
-            "server": self.server,
-            "state": dict(self.state.app_state),
-        }
+        path, mark, query = target.partition(b"?")
+        if path[:1] != b"/" and b"://" in path:  # absolute-form: its path, then the query
+            target = b"/" + path.split(b"://", 1)[1].partition(b"/")[2] + mark + query
+        return request_scope(
+            self.config,
+            self.state,
+            http_version=request.http_version.decode("ascii"),
+            target=target,
+            headers=headers,
+            client=self.client,
+            server=self.server,
+            scheme=self.scheme,
+        )
 
     def _start_websocket(self, request: h11.Request, scope: Scope) -> None:
         assert self.transport is not None

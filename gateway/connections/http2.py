@@ -40,7 +40,6 @@ import asyncio
 import contextlib
 import logging
 from typing import Any, cast
-from urllib.parse import unquote
 
 import h2.config
 import h2.connection
@@ -54,9 +53,10 @@ from ..config import ASGIApp, Config, Scope
 from ..state import ServerState
 from ..streams.http import HTTPStream
 from ..streams.websocket import WebSocketStream
-from .addresses import from_proxy, socket_addresses
+from .addresses import socket_addresses
 from .h2guards import FloodGuard, FrameSizeCheck
 from .h2streams import STATUS, H2Responder, H2Stream, H2WebSocketResponder
+from .scope import request_scope
 
 logger = logging.getLogger("gateway.error")
 
@@ -274,22 +274,16 @@ class HTTP2Connection(asyncio.Protocol):
         self._start_http(stream, scope, body_complete=stream.remote_ended)
 
     def _scope(self, path: bytes, headers: list[tuple[bytes, bytes]]) -> Scope:
-        raw_path, _, query = path.partition(b"?")
-        client, scheme = from_proxy(self.config, headers, self.client, self.scheme)
-        root = self.config.root_path
-        return {
-            "asgi": {"version": "3.0", "spec_version": "2.4"},
-            "http_version": "2",
-            "scheme": scheme,
-            "path": root + unquote(raw_path.decode("ascii", "replace")),
-            "raw_path": raw_path,
-            "query_string": query,
-            "root_path": root,
-            "headers": headers,
-            "client": client,
-            "server": self.server,
-            "state": dict(self.state.app_state),
-        }
+        return request_scope(
+            self.config,
+            self.state,
+            http_version="2",
+            target=path,
+            headers=headers,
+            client=self.client,
+            server=self.server,
+            scheme=self.scheme,
+        )
 
     def _start_http(self, stream: H2Stream, scope: Scope, body_complete: bool) -> None:
         responder = H2Responder(self, stream)

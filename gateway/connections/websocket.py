@@ -88,6 +88,31 @@ def negotiate_deflate(offers: str, max_size: int) -> tuple[PerMessageDeflate, by
     return None
 
 
+def accept_headers(
+    config: Config,
+    state: ServerState,
+    offers: bytes,
+    subprotocol: str | None,
+    headers: list[tuple[bytes, bytes]],
+) -> tuple[list[Extension], list[tuple[bytes, bytes]]]:
+    """What accepting a handshake adds, whatever carries it: the extensions negotiated from the
+    client's ``offers`` and the response headers (extensions, subprotocol, Date/Server unless
+    the app set them, then the app's own)."""
+    extensions: list[Extension] = []
+    response: list[tuple[bytes, bytes]] = []
+    if offers and config.websocket_per_message_deflate:
+        negotiated = negotiate_deflate(offers.decode("latin-1"), config.websocket_max_message_size)
+        if negotiated is not None:
+            extensions.append(negotiated[0])
+            response.append((b"sec-websocket-extensions", negotiated[1]))
+    if subprotocol:
+        response.append((b"sec-websocket-protocol", subprotocol.encode()))
+    names = {name.lower() for name, _ in headers}
+    response.extend(pair for pair in state.default_headers() if pair[0] not in names)
+    response.extend(headers)
+    return extensions, response
+
+
 class WebSocketCarrier(Protocol):
     """The byte pipe a WebSocket session rides: an upgraded HTTP/1.1 socket or one HTTP/2 stream.
 
@@ -425,22 +450,11 @@ class WebSocketHandler:
             (b"connection", b"Upgrade"),
             (b"sec-websocket-accept", generate_accept_token(key)),
         ]
-        extensions: list[Extension] = []
         offers = b", ".join(
             value for name, value in self.request.headers if name == b"sec-websocket-extensions"
         )
-        if offers and self.config.websocket_per_message_deflate:
-            negotiated = negotiate_deflate(
-                offers.decode("latin-1"), self.config.websocket_max_message_size
-            )
-            if negotiated is not None:
-                extensions.append(negotiated[0])
-                response.append((b"sec-websocket-extensions", negotiated[1]))
-        if subprotocol:
-            response.append((b"sec-websocket-protocol", subprotocol.encode()))
-        names = {name.lower() for name, _ in headers}
-        response.extend(pair for pair in self.state.default_headers() if pair[0] not in names)
-        response.extend(headers)
+        extensions, answer = accept_headers(self.config, self.state, offers, subprotocol, headers)
+        response.extend(answer)
         head = [b"HTTP/1.1 101 Switching Protocols\r\n"]
         head.extend(b"%s: %s\r\n" % (name, value) for name, value in response)
         head.append(b"\r\n")

@@ -48,16 +48,19 @@ def playwright_api() -> Any:
 
 
 @contextlib.contextmanager
-def chromium_context(profile: Path) -> Iterator[Any]:
-    """A fresh Chromium profile (``--user-data-dir``) driven by Playwright."""
+def chromium_context(profile: Path, trust_any_certificate: bool = False) -> Iterator[Any]:
+    """A fresh Chromium profile (``--user-data-dir``) driven by Playwright; with
+    ``trust_any_certificate``, it accepts a test's self-signed certificate."""
     chromium = require("chromium", CHROMIUM, "apt-get install chromium")
     sync_api = playwright_api()
+    tls = ["--ignore-certificate-errors"] if trust_any_certificate else []
     with sync_api.sync_playwright() as playwright:
         context = playwright.chromium.launch_persistent_context(
             str(profile),
             executable_path=chromium,
             headless=True,
-            args=CHROMIUM_FLAGS,
+            args=[*CHROMIUM_FLAGS, *tls],
+            ignore_https_errors=trust_any_certificate,
             viewport={"width": 720, "height": 560},
             timeout=30_000,
         )

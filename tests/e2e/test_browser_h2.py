@@ -26,34 +26,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from tests.e2e.deploy_support import ARTIFACTS, require
+from tests.e2e.deploy_support import ARTIFACTS
 from tests.e2e.h2_chat_app import SCOPE_LOG_ENV
-from tests.e2e.test_browser import CHROMIUM, CHROMIUM_FLAGS, WAIT_MS, console_error, playwright_api
+from tests.e2e.test_browser import WAIT_MS, chromium_context, console_error, playwright_api
 from tests.gateway.apps import GatewayProcess, free_port
 from tests.tls_support import self_signed_certificate
 
 APP = "tests.e2e.h2_chat_app:application"
-
-
-@contextlib.contextmanager
-def https_chromium_context(profile: Path) -> Iterator[Any]:
-    """``test_browser.chromium_context``, trusting the test's self-signed certificate."""
-    chromium = require("chromium", CHROMIUM, "apt-get install chromium")
-    sync_api = playwright_api()
-    with sync_api.sync_playwright() as playwright:
-        context = playwright.chromium.launch_persistent_context(
-            str(profile),
-            executable_path=chromium,
-            headless=True,
-            args=[*CHROMIUM_FLAGS, "--ignore-certificate-errors"],
-            ignore_https_errors=True,
-            viewport={"width": 720, "height": 560},
-            timeout=30_000,
-        )
-        try:
-            yield context
-        finally:
-            context.close()
 
 
 @contextlib.contextmanager
@@ -83,7 +62,7 @@ def test_two_tabs_chat_over_http2(tmp_path: Path) -> None:
     errors: list[str] = []
     with (
         https_gateway(tmp_path, scope_log) as (gateway, port),
-        https_chromium_context(tmp_path / "profile") as browser,
+        chromium_context(tmp_path / "profile", trust_any_certificate=True) as browser,
     ):
         tabs = {}
         for name in ("a", "b"):

@@ -12,10 +12,9 @@ import asyncio
 import contextlib
 import logging
 import socket
-import threading
 import time
 from collections.abc import Callable, Iterator
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import hpack
 import pytest
@@ -36,8 +35,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gateway.config import Config, Receive, Scope, Send
-from gateway.connections.http1 import HTTP1Connection
-from gateway.state import ServerState
 from tests.gateway import apps
 from tests.gateway.conftest import Serve
 from tests.gateway.h2_support import (
@@ -67,6 +64,7 @@ from tests.gateway.h2_support import (
     ping,
     raw_frame,
 )
+from tests.gateway.threaded_server import ThreadedServer
 
 FLOOD = 5000  # frames in one write: well past the guard's burst of 1000
 
@@ -557,81 +555,25 @@ async def test_plain_connect_is_501(serve: Serve, error_log: pytest.LogCaptureFi
 # Any frames at all ------------------------------------------------------------------------------
 
 
-class _Recorder(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(logging.WARNING)
-        self.records: list[logging.LogRecord] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        if record.threadName == "h2-fuzz-server":
-            self.records.append(record)
-
-
-class FuzzServer:
+class FuzzServer(ThreadedServer):
     """The gateway on a free port in a thread with its own loop; records what it logs."""
 
     def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.state = ServerState()
-        self.config = Config(
+        config = Config(
             app=apps.hello,
             limit_request_head=8 * 1024,
             limit_request_body=64 * 1024,
             timeout_request_headers=3.0,
             h2_max_concurrent_streams=8,
         )
-        self.port = 0
-        self.loop_errors: list[dict[str, Any]] = []
-        self.log = _Recorder()
-        self._ready = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="h2-fuzz-server", daemon=True)
-        self._server: asyncio.Server | None = None
-
-    def start(self) -> FuzzServer:
-        for name in ("asyncio", "gateway.error"):
-            logging.getLogger(name).addHandler(self.log)
-        self._thread.start()
-        assert self._ready.wait(10), "the fuzz server did not start"
-        return self
-
-    def _run(self) -> None:
-        asyncio.set_event_loop(self.loop)
-        self.loop.set_exception_handler(lambda _loop, context: self.loop_errors.append(context))
-
-        async def serve() -> None:
-            self._server = await self.loop.create_server(
-                lambda: HTTP1Connection(self.config, apps.hello, self.state), "127.0.0.1", 0
-            )
-            self.port = self._server.sockets[0].getsockname()[1]
-            self._ready.set()
-
-        self.loop.run_until_complete(serve())
-        self.loop.run_forever()
-        for task in asyncio.all_tasks(self.loop):
-            task.cancel()
-        with contextlib.suppress(BaseException):
-            self.loop.run_until_complete(asyncio.sleep(0.05))
-        self.loop.close()
-
-    def stop(self) -> None:
-        async def close() -> None:
-            assert self._server is not None
-            self._server.close()
-            for connection in list(self.state.connections):
-                connection.abort()
-
-        asyncio.run_coroutine_threadsafe(close(), self.loop).result(10)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self._thread.join(10)
-        for name in ("asyncio", "gateway.error"):
-            logging.getLogger(name).removeHandler(self.log)
+        super().__init__(apps.hello, config, "h2-fuzz-server", logging.WARNING)
 
     def problems(self) -> list[str]:
         """Loop errors, and gateway records at WARNING or above but the expected ones."""
         found = [str(context.get("message")) for context in self.loop_errors]
         found += [
             record.getMessage()
-            for record in self.log.records
+            for record in self.records
             if "control frame flood" not in record.getMessage()
         ]
         return found

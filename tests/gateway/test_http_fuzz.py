@@ -10,18 +10,15 @@ import asyncio
 import contextlib
 import logging
 import socket
-import threading
 import uuid
 from collections.abc import Iterator
-from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gateway.config import Config, Receive, Scope, Send
-from gateway.connections.http1 import HTTP1Connection
-from gateway.state import ServerState
+from tests.gateway.threaded_server import ThreadedServer
 
 from .rawhttp import chunked, feed_connection, request
 
@@ -54,77 +51,21 @@ async def token_app(scope: Scope, receive: Receive, send: Send) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
-class _Recorder(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(logging.ERROR)
-        self.records: list[logging.LogRecord] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        if record.threadName == "fuzz-server":  # not the other tests' own connections
-            self.records.append(record)
-
-
-class FuzzServer:
+class FuzzServer(ThreadedServer):
     """The gateway on a free port in a background thread; records every error it logs."""
 
     def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.state = ServerState()
-        self.config = Config(
+        config = Config(
             app=token_app,
             limit_request_head=8 * 1024,
             limit_request_body=64 * 1024,
             timeout_request_headers=3.0,
         )
-        self.port = 0
-        self.loop_errors: list[dict[str, Any]] = []
-        self.log = _Recorder()
-        self._ready = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="fuzz-server", daemon=True)
-        self._server: asyncio.Server | None = None
-
-    def start(self) -> FuzzServer:
-        for name in ("asyncio", "gateway.error"):
-            logging.getLogger(name).addHandler(self.log)
-        self._thread.start()
-        assert self._ready.wait(10), "the fuzz server did not start"
-        return self
-
-    def _run(self) -> None:
-        asyncio.set_event_loop(self.loop)
-        self.loop.set_exception_handler(lambda _loop, context: self.loop_errors.append(context))
-
-        async def serve() -> None:
-            self._server = await self.loop.create_server(
-                lambda: HTTP1Connection(self.config, token_app, self.state), "127.0.0.1", 0
-            )
-            self.port = self._server.sockets[0].getsockname()[1]
-            self._ready.set()
-
-        self.loop.run_until_complete(serve())
-        self.loop.run_forever()
-        for task in asyncio.all_tasks(self.loop):
-            task.cancel()
-        with contextlib.suppress(BaseException):
-            self.loop.run_until_complete(asyncio.sleep(0.05))
-        self.loop.close()
-
-    def stop(self) -> None:
-        async def close() -> None:
-            assert self._server is not None
-            self._server.close()
-            for connection in list(self.state.connections):
-                connection.abort()
-
-        asyncio.run_coroutine_threadsafe(close(), self.loop).result(10)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self._thread.join(10)
-        for name in ("asyncio", "gateway.error"):
-            logging.getLogger(name).removeHandler(self.log)
+        super().__init__(token_app, config, "fuzz-server", logging.ERROR)
 
     def errors(self) -> list[str]:
         found = [str(context.get("message")) for context in self.loop_errors]
-        found += [record.getMessage() for record in self.log.records]
+        found += [record.getMessage() for record in self.records]
         return found
 
 

@@ -141,6 +141,30 @@ async def test_scope_without_root_path_or_query(serve: Serve) -> None:
     assert scope["state"] == {}
 
 
+@pytest.mark.parametrize(
+    ("target", "raw_path", "query"),
+    [
+        ("http://example.com/items/7?x=1", b"/items/7", b"x=1"),
+        ("http://example.com?x=1", b"/", b"x=1"),
+        ("https://example.com", b"/", b""),
+    ],
+)
+async def test_absolute_form_targets_become_their_path_and_query(
+    serve: Serve, target: str, raw_path: bytes, query: bytes
+) -> None:
+    scopes: list[Scope] = []
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        scopes.append(scope)
+        await respond(send)
+
+    _, port, _ = await serve(app)
+    await exchange(port, request("GET", target, [("Connection", "close")]))
+    (scope,) = scopes
+    assert (scope["raw_path"], scope["query_string"]) == (raw_path, query)
+    assert scope["path"] == raw_path.decode()
+
+
 async def test_http_10_scope_and_close(serve: Serve) -> None:
     scopes: list[Scope] = []
 
