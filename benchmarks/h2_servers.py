@@ -57,6 +57,7 @@ from benchmarks.http_servers import (
     Server,
     ServerFailed,
     ServerSpec,
+    add_server_arguments,
     busy_cpus,
     cpu_seconds,
     fmt,
@@ -157,38 +158,6 @@ def server_extra(spec: ServerSpec, setup: Setup, gateway_args: Sequence[str]) ->
         if setup.tls:
             extra += ["--certfile", str(setup.certfile), "--keyfile", str(setup.keyfile)]
     return (*spec.extra, *extra)
-
-
-def add_h2_server_arguments(parser: argparse.ArgumentParser) -> None:
-    """``--servers``, ``--fast``, ``--gateway-args`` as in http_servers, over H2_SERVERS; and
-    the same ``--quiet-wait``, ``--quiet-load``, ``--json``."""
-    parser.add_argument(
-        "--servers",
-        default=",".join(DEFAULT_SERVERS),
-        help=f"comma-separated, from {', '.join(H2_SERVERS)} (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--fast", action="store_true", help=f"also run {' and '.join(FAST_SERVERS)}"
-    )
-    parser.add_argument(
-        "--gateway-args", default="", help="extra command-line arguments for the gateway"
-    )
-    parser.add_argument(
-        "--quiet-wait",
-        type=float,
-        default=60.0,
-        metavar="SECONDS",
-        help="before each run, wait up to this long for other processes to leave the two CPUs"
-        " below --quiet-load (a shared machine); 0 never waits (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--quiet-load",
-        type=float,
-        default=0.10,
-        metavar="SHARE",
-        help="load on either CPU from other processes that counts as quiet (default: %(default)s)",
-    )
-    parser.add_argument("--json", metavar="FILE", help="also write every reading as JSON here")
 
 
 def selected_h2_servers(
@@ -425,7 +394,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         " timeouts (default: %(default)s)",
     )
     parser.add_argument("--markdown", action="store_true", help="print the table as Markdown")
-    add_h2_server_arguments(parser)
+    add_server_arguments(parser, tuple(H2_SERVERS), DEFAULT_SERVERS, FAST_SERVERS)
     args = parser.parse_args(argv)
     if not shutil.which("h2load"):
         print("h2load not found: apt-get install nghttp2-client", file=sys.stderr)

@@ -166,15 +166,20 @@ DEFAULT_SERVERS = ("gateway", "uvicorn", "daphne")
 FAST_SERVERS = ("gateway-uvloop", "uvicorn-fast")
 
 
-def add_server_arguments(parser: argparse.ArgumentParser) -> None:
+def add_server_arguments(
+    parser: argparse.ArgumentParser,
+    servers: Sequence[str] = tuple(SERVERS),
+    default: Sequence[str] = DEFAULT_SERVERS,
+    fast: Sequence[str] = FAST_SERVERS,
+) -> None:
+    """``--servers`` (from ``servers``), ``--fast``, ``--gateway-args``, ``--quiet-wait``,
+    ``--quiet-load`` and ``--json``: what every server benchmark here takes."""
     parser.add_argument(
         "--servers",
-        default=",".join(DEFAULT_SERVERS),
-        help=f"comma-separated, from {', '.join(SERVERS)} (default: %(default)s)",
+        default=",".join(default),
+        help=f"comma-separated, from {', '.join(servers)} (default: %(default)s)",
     )
-    parser.add_argument(
-        "--fast", action="store_true", help=f"also run {' and '.join(FAST_SERVERS)}"
-    )
+    parser.add_argument("--fast", action="store_true", help=f"also run {' and '.join(fast)}")
     parser.add_argument(
         "--gateway-args",
         default="",

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 import click
 from click.core import ParameterSource
 
-from gateway.config import Config, ConfigError, check_log_format
+from gateway.config import HEADER_NAME, Config, ConfigError, check_log_format
 from gateway.lifespan import LifespanFailure
 
 EXIT_CONFIG = 1
@@ -102,7 +102,7 @@ class HeaderName(_ParamType):
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
         text = str(value).strip()
-        if not text or any(c not in _TOKEN_CHARS for c in text):
+        if not HEADER_NAME.fullmatch(text):
             self.fail(f"{value!r} is not an HTTP header name", param, ctx)
         return text
 
@@ -120,9 +120,6 @@ class LogFormat(_ParamType):
         return str(value)
 
 
-_TOKEN_CHARS = frozenset(
-    "!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
-)
 SECONDS = Number(float)
 TIMEOUT = Timeout()
 BYTES = Number(int, 1)

@@ -30,7 +30,7 @@ logger = logging.getLogger("gateway.error")
 SERVER_NAME = "roomcast"
 MIB = 1024 * 1024
 LOG_FORMAT = "%(asctime)s %(levelname)-8s %(message)s"  # the gateway.error lines (--log-fmt)
-_TOKEN = re.compile(r"[-!#$%&'*+.^_`|~0-9a-zA-Z]+")  # RFC 9110 token: a valid header name
+HEADER_NAME = re.compile(r"[-!#$%&'*+.^_`|~0-9a-zA-Z]+")  # RFC 9110 token: a header name
 
 
 class ConfigError(Exception):
@@ -108,7 +108,7 @@ class Config:
             if value is not None and (not isinstance(value, (int, float)) or not value > 0):
                 raise ConfigError(f"{name} must be a positive number of seconds or None")
         for name in ("proxy_headers_host", "proxy_headers_port"):
-            if not _TOKEN.fullmatch(getattr(self, name)):
+            if not HEADER_NAME.fullmatch(getattr(self, name)):
                 raise ConfigError(f"{name} {getattr(self, name)!r} is not a header name")
         check_log_format(self.log_fmt)
         # Header names as connections hand them over: lower-cased bytes.

@@ -71,14 +71,30 @@ class H2Stream:
         self.sent = 0
 
 
-class H2Responder:
-    """The :class:`~gateway.streams.http.Responder` of one HTTP/2 request stream."""
+class _StreamPort:
+    """What an HTTP responder and a WebSocket carrier on one stream do alike: wait for the
+    client's window (backpressure) and hold or give back the stream's receive window."""
 
     __slots__ = ("connection", "stream")
 
     def __init__(self, connection: HTTP2Connection, stream: H2Stream) -> None:
         self.connection = connection
         self.stream = stream
+
+    async def drain(self) -> None:
+        await self.connection.drain(self.stream)
+
+    def pause_reading(self) -> None:
+        self.stream.paused = True
+
+    def resume_reading(self) -> None:
+        self.connection.acknowledge(self.stream)
+
+
+class H2Responder(_StreamPort):
+    """The :class:`~gateway.streams.http.Responder` of one HTTP/2 request stream."""
+
+    __slots__ = ()
 
     def send_response(
         self, status: int, headers: list[tuple[bytes, bytes]], body: bytes, end: bool
@@ -134,27 +150,14 @@ class H2Responder:
                 f"response body of {stream.sent} bytes against Content-Length {declared}"
             )
 
-    async def drain(self) -> None:
-        await self.connection.drain(self.stream)
-
-    def pause_reading(self) -> None:
-        self.stream.paused = True
-
-    def resume_reading(self) -> None:
-        self.connection.acknowledge(self.stream)
-
     def abort(self) -> None:
         self.connection.reset(self.stream, ERROR_CODES.INTERNAL_ERROR)
 
 
-class H2Carrier:
+class H2Carrier(_StreamPort):
     """A :class:`~gateway.connections.websocket.WebSocketCarrier` over one HTTP/2 stream."""
 
-    __slots__ = ("connection", "stream")
-
-    def __init__(self, connection: HTTP2Connection, stream: H2Stream) -> None:
-        self.connection = connection
-        self.stream = stream
+    __slots__ = ()
 
     def write(self, data: bytes) -> None:
         self.connection.send_data(self.stream, data, end=False)
@@ -174,15 +177,6 @@ class H2Carrier:
         transport = self.connection.transport
         queued = transport.get_write_buffer_size() if transport is not None else 0
         return len(self.stream.outbox) + queued
-
-    async def drain(self) -> None:
-        await self.connection.drain(self.stream)
-
-    def pause_reading(self) -> None:
-        self.stream.paused = True
-
-    def resume_reading(self) -> None:
-        self.connection.acknowledge(self.stream)
 
 
 class H2WebSocketResponder:

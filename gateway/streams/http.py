@@ -17,7 +17,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from ..config import ASGIApp, Message, Scope
+from ..config import HEADER_NAME, ASGIApp, Message, Scope
 from ..logging import access_logger, log_access
 
 logger = logging.getLogger("gateway.error")
@@ -40,7 +40,7 @@ _ERROR_HEADERS = [
 
 
 # RFC 9110 token characters; a response header name must be one (else it could break the head).
-_TOKEN = re.compile(rb"[-!#$%&'*+.^_`|~0-9a-zA-Z]+")
+_TOKEN = re.compile(HEADER_NAME.pattern.encode())
 _VALID_NAMES: dict[bytes, bytes] = {}  # header name as the app gave it -> validated, lower-cased
 
 
