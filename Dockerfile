@@ -3,13 +3,14 @@
 #   docker build -t roomcast .
 #   docker run -p 8000:8000 roomcast                                    # in-memory layer
 #   docker run -p 8000:8000 -e ROOMCAST_LAYER_URL=redis://HOST:6379/0 roomcast
-# Any gateway flag can also be set as GATEWAY_<FLAG> (GATEWAY_GRACEFUL_TIMEOUT=20); another app
-# is served by naming it: docker run roomcast gateway myproject.asgi:application -b 0.0.0.0
+# Any gateway flag can also be set as ROOMCAST_<FLAG> (ROOMCAST_GRACEFUL_TIMEOUT=20); another app
+# is served by naming it: docker run roomcast roomcast serve myproject.asgi:application -b 0.0.0.0
 
 # Wheels of roomcast and everything it needs with the "fast" extra (uvloop, hiredis).
 FROM python:3.11-slim AS build
 WORKDIR /src
 COPY pyproject.toml README.md ./
+COPY roomcast/ roomcast/
 COPY gateway/ gateway/
 COPY layers/ layers/
 COPY consumers/ consumers/
@@ -37,4 +38,4 @@ HEALTHCHECK --interval=10s --timeout=3s --start-period=10s --retries=3 \
     CMD ["python", "-c", "import sys, urllib.request; sys.exit(urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=2).status != 200)"]
 # SIGTERM (docker stop) drains: no new connections, WebSockets closed with 1001, then exit 0.
 STOPSIGNAL SIGTERM
-CMD ["gateway", "examples.chat.asgi:application", "-b", "0.0.0.0", "-p", "8000", "--proxy-headers", "--forwarded-allow-ips", "*"]
+CMD ["roomcast", "serve", "examples.chat.asgi:application", "-b", "0.0.0.0", "-p", "8000", "--proxy-headers", "--forwarded-allow-ips", "*"]

@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: run demo test clean redis-server test-tools
+.PHONY: run demo test typecheck clean redis-server test-tools
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -12,7 +12,7 @@ $(BIN)/python:
 # The chat example on the in-memory layer: http://127.0.0.1:8000
 run: $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e .
-	$(BIN)/gateway examples.chat.asgi:application
+	$(BIN)/roomcast serve examples.chat.asgi:application
 
 # Channels meeting in a group, without a server.
 demo: $(BIN)/python
@@ -22,10 +22,18 @@ demo: $(BIN)/python
 # Installs what the tests need, then runs lint, types and the whole suite.
 test: $(BIN)/python redis-server test-tools
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
-	$(BIN)/ruff check gateway layers consumers tests examples
-	$(BIN)/ruff format --check gateway layers consumers tests examples
-	$(BIN)/mypy
+	$(BIN)/ruff check roomcast gateway layers consumers tests examples benchmarks
+	$(BIN)/ruff format --check roomcast gateway layers consumers tests examples benchmarks
+	$(MAKE) --no-print-directory typecheck
 	$(BIN)/python -m pytest -q
+
+# mypy checks the package as it is installed (roomcast.gateway, ...): the folders are linked
+# into build/typecheck/roomcast/ first, because mypy knows nothing of setuptools' package-dir.
+typecheck: $(BIN)/python
+	@rm -rf build/typecheck && mkdir -p build/typecheck/roomcast
+	@for f in roomcast/*.py roomcast/py.typed; do ln -s "$(CURDIR)/$$f" build/typecheck/roomcast/; done
+	@for d in gateway layers consumers; do ln -s "$(CURDIR)/$$d" build/typecheck/roomcast/$$d; done
+	$(BIN)/mypy
 
 # The tests start their own redis-server processes; install the binary if it is missing.
 redis-server:
@@ -54,4 +62,4 @@ test-tools:
 	fi
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache tests/artifacts
+	rm -rf $(VENV) build .pytest_cache .mypy_cache .ruff_cache .hypothesis tests/artifacts

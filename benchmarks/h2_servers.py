@@ -215,7 +215,7 @@ def running_h2_server(spec: ServerSpec, tls: bool, ready_timeout: float = 30.0) 
     port = free_port()
     log_dir = Path(tempfile.mkdtemp(prefix="roomcast-bench-"))
     log = log_dir / f"{spec.name}.log"
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("GATEWAY_", "UVICORN_"))}
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ROOMCAST_", "UVICORN_"))}
     env["PYTHONUNBUFFERED"] = "1"
     with log.open("wb") as log_file:
         proc = spawn(

@@ -57,10 +57,10 @@ BASELINE = "uvicorn"
 
 @functools.cache
 def gateway_help() -> str | None:
-    """``python -m gateway --help`` output, or None when the gateway cannot run yet."""
+    """``python -m roomcast.gateway --help`` output, or None when the gateway cannot run yet."""
     try:
         proc = subprocess.run(
-            [sys.executable, "-m", "gateway", "--help"],
+            [sys.executable, "-m", "roomcast.gateway", "--help"],
             cwd=ROOT,
             capture_output=True,
             text=True,
@@ -81,14 +81,14 @@ def _module_missing(*modules: str) -> str | None:
 
 def _gateway_missing() -> str | None:
     if gateway_help() is None:
-        return "`python -m gateway --help` does not run yet"
+        return "`python -m roomcast.gateway --help` does not run yet"
     return None
 
 
 def _gateway_uvloop_missing() -> str | None:
     help_text = gateway_help()
     if help_text is None:
-        return "`python -m gateway --help` does not run yet"
+        return "`python -m roomcast.gateway --help` does not run yet"
     if "--loop" not in help_text or "uvloop" not in help_text:
         return "the gateway has no `--loop uvloop` option"
     return _module_missing("uvloop")
@@ -109,7 +109,7 @@ class ServerSpec:
 
 
 def _gateway(app: str, port: int, loop: str = "asyncio") -> list[str]:
-    args = ["-m", "gateway", app, "-b", HOST, "-p", str(port)]
+    args = ["-m", "roomcast.gateway", app, "-b", HOST, "-p", str(port)]
     # The gateway's --loop auto takes uvloop when installed: name the loop, so that the plain
     # entry is the pure-Python stack the issue compares with uvicorn-h11 on asyncio.
     if "--loop" in (gateway_help() or ""):
@@ -367,8 +367,8 @@ def running_server(
         argv = ["prlimit", f"--nofile={nofile}:{nofile}", *argv]
     log_dir = Path(tempfile.mkdtemp(prefix="roomcast-bench-"))
     log = log_dir / f"{spec.name}.log"
-    # Settings from the environment (GATEWAY_PORT, UVICORN_...) would skew a comparison.
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("GATEWAY_", "UVICORN_"))}
+    # Settings from the environment (ROOMCAST_PORT, UVICORN_...) would skew a comparison.
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ROOMCAST_", "UVICORN_"))}
     env["PYTHONUNBUFFERED"] = "1"
     with log.open("wb") as log_file:
         proc = spawn(argv, cwd=ROOT, stdout=log_file, stderr=subprocess.STDOUT, env=env)

@@ -1,8 +1,15 @@
 """roomcast consumers: Channels-style consumers, routing, middleware and test communicators.
 
-The test communicators live in :mod:`consumers.testing` (as Channels keeps them in
+The test communicators live in :mod:`roomcast.consumers.testing` (as Channels keeps them in
 ``channels.testing``), so importing this package does not load test machinery.
 """
+
+if __name__ != "roomcast.consumers":  # the source folder, imported by its folder name
+    raise ImportError(
+        f"{__name__!r} is roomcast's source folder consumers/: import roomcast.consumers "
+        "(pip install -e . maps it there)"
+    )
+
 
 # Consumers and their exceptions (base, websocket, http, exceptions) ------------------------
 from .base import AsyncConsumer, SyncConsumer, get_handler_name

@@ -30,7 +30,7 @@ scope and returns a user object or ``None``; it sets ``scope["user"]`` to that u
 ``AnonymousUser()`` (``is_authenticated`` false), or, with ``required=True``, refuses the
 connection (WebSocket closed before accept → HTTP 403; HTTP 403)::
 
-    from consumers.auth import TokenAuthMiddleware, get_token
+    from roomcast.consumers.auth import TokenAuthMiddleware, get_token
 
     async def authenticate(scope):
         token = get_token(scope)            # "Authorization: Bearer …", else ?token=…

@@ -12,7 +12,8 @@ This is Django Channels' consumer (``channels.consumer``) with these behaviours 
 * **Layer.** ``channel_layer_alias`` (default ``"default"``) names the layer;
   ``layers.get_channel_layer`` resolves it. If the alias is ``None``, or the lookup returns
   ``None``, the consumer runs without a layer: no ``channel_name``, only the client is read.
-  An alias that is not configured raises :class:`~layers.exceptions.LayerConfigError` (where
+  An alias that is not configured raises :class:`~roomcast.layers.exceptions.LayerConfigError`
+  (where
   Channels silently gives no layer), so a typo is loud.
 * **as_asgi(**initkwargs).** Each keyword must name an existing class attribute (as Django's
   ``View.as_view``); it is set on every instance. Anything else is a :class:`TypeError` at
@@ -42,9 +43,8 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any, ClassVar, Protocol, cast
 
 from asgiref.sync import async_to_sync, sync_to_async
-
-from layers import BaseChannelLayer
-from layers.settings import DEFAULT_CHANNEL_LAYER, get_channel_layer
+from roomcast.layers import BaseChannelLayer
+from roomcast.layers.settings import DEFAULT_CHANNEL_LAYER, get_channel_layer
 
 from .exceptions import InvalidChannelLayerError, StopConsumer
 
@@ -60,7 +60,7 @@ __all__ = [
     "get_handler_name",
 ]
 
-logger = logging.getLogger("consumers")
+logger = logging.getLogger("roomcast.consumers")
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]

@@ -11,18 +11,19 @@ Errors:
 * :class:`InvalidChannelLayerError`: a consumer needs a channel layer (it has ``groups``) and
   has none, or the layer lacks the ``groups`` extension.
 * :class:`UndecodableFrame`: a JSON consumer got a frame it cannot decode; handed to
-  ``receive_json_error()`` (see :mod:`consumers.websocket`), not raised at the server.
+  ``receive_json_error()`` (see :mod:`roomcast.consumers.websocket`), not raised at the server.
 * :class:`RequestAborted` / :class:`RequestTimeout`: Channels' names, for code that catches
   them; roomcast's consumers do not raise them.
 
 :class:`ChannelFull` and :class:`MessageTooLarge` are the channel layer's own
-(:mod:`layers.exceptions`), re-exported here because Channels has them in this module, so an
+(:mod:`roomcast.layers.exceptions`), re-exported here because Channels has them in this module, so
+an
 ``except ChannelFull`` written against ``channels.exceptions`` catches what our layers raise.
 """
 
 from __future__ import annotations
 
-from layers.exceptions import ChannelFull, MessageTooLarge
+from roomcast.layers.exceptions import ChannelFull, MessageTooLarge
 
 __all__ = [
     "AcceptConnection",

@@ -31,7 +31,8 @@ What ``URLRouter`` does, as Channels does it:
   as a prefix; the nested router routes ``path_remaining``, adds its own args and kwargs to the
   outer ones, and if none of its routes matches, the outer router goes on with its next route;
 - no route: a WebSocket is closed before it is accepted (the client sees HTTP 403) with a
-  warning in the ``consumers.routing`` log, an HTTP request is answered 404 (logged at info);
+  warning in the ``roomcast.consumers.routing`` log, an HTTP request is answered 404 (logged at
+  info);
   any other scope type raises ``ValueError``.
 
 ``ProtocolTypeRouter`` dispatches on ``scope["type"]`` and ``ChannelNameRouter`` (for workers)

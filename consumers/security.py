@@ -29,7 +29,8 @@ headers (Channels used the last one).
 
 Refusal: a WebSocket is closed before it is accepted, which the server turns into an HTTP 403
 for the handshake; an HTTP request is answered 403. Either is logged as a warning in the
-``consumers.security`` log with the origin. Other scope types (``lifespan``, ``channel``) pass
+``roomcast.consumers.security`` log with the origin. Other scope types (``lifespan``, ``channel``)
+pass
 through unchecked. Note that browsers omit ``Origin`` on same-origin ``GET`` requests, so around
 HTTP pages use ``allow_missing=True``.
 

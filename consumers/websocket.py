@@ -16,11 +16,13 @@ Behaviour, as in Channels:
 
 * ``groups`` are joined (``group_add`` with ``self.channel_name``) before ``connect()`` runs and
   left before ``disconnect(code)`` runs; ``groups`` without a channel layer raises
-  :class:`~consumers.exceptions.InvalidChannelLayerError`. Each instance gets its own copy of
+  :class:`~roomcast.consumers.exceptions.InvalidChannelLayerError`. Each instance gets its own copy
+  of
   the list. Unlike Channels, groups joined this way are also left when the consumer ends by an
   error.
-* ``connect()`` accepts by default; raising :class:`~consumers.exceptions.AcceptConnection` or
-  :class:`~consumers.exceptions.DenyConnection` from it accepts or closes (a close before
+* ``connect()`` accepts by default; raising
+  :class:`~roomcast.consumers.exceptions.AcceptConnection` or
+  :class:`~roomcast.consumers.exceptions.DenyConnection` from it accepts or closes (a close before
   accepting is an HTTP 403 to the client).
 * ``accept(subprotocol=None, headers=None)``, ``close(code=None, reason=None)`` (``code=True``
   means no code, as ``send(close=True)`` passes it), ``send(text_data=None, bytes_data=None,
@@ -30,7 +32,8 @@ JSON consumers decode each text frame with ``decode_json`` and pass the content 
 ``receive_json``; ``send_json`` encodes with ``encode_json`` (both overridable classmethods,
 ``json`` by default; async in the async variant, as in Channels). A frame that cannot be
 decoded does not crash the consumer (Channels raises): it becomes an
-:class:`~consumers.exceptions.UndecodableFrame` handed to ``receive_json_error(error)``, which
+:class:`~roomcast.consumers.exceptions.UndecodableFrame` handed to ``receive_json_error(error)``,
+which
 by default logs a warning and closes the connection with ``error.close_code``: 1003 for a
 binary frame, 1007 for text ``decode_json`` rejects with a :class:`ValueError`. Override
 ``receive_json_error`` to answer differently (send an error message and stay open, say).
@@ -55,7 +58,7 @@ __all__ = [
     "WebsocketConsumer",
 ]
 
-logger = logging.getLogger("consumers")
+logger = logging.getLogger("roomcast.consumers")
 
 Headers = Iterable[tuple[bytes, bytes]]
 

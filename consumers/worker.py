@@ -9,8 +9,8 @@ application routed for it, usually through ``ChannelNameRouter``::
         "channel": ChannelNameRouter({"thumbnails": ThumbnailConsumer.as_asgi()}),
     })
 
-    $ python -m consumers.worker myproject.asgi:application thumbnails
-    $ roomcast-worker --layer default -v 2 myproject.asgi:application thumbnails resize
+    $ python -m roomcast.consumers.worker myproject.asgi:application thumbnails
+    $ roomcast worker --layer default -v 2 myproject.asgi:application thumbnails resize
 
 As Channels' worker does, each channel name gets ONE application instance, made with the scope
 ``{"type": "channel", "channel": name}``; the messages received from the channel reach it
@@ -36,9 +36,10 @@ What is pinned down here (Channels leaves it open):
   (with ``!``) belongs to the process that made it and is refused, as is a name the
   application's routers visibly do not route (a typo would otherwise eat messages).
 
-The command (``python -m consumers.worker`` or ``roomcast-worker``) ends user mistakes (bad app
+The command (``python -m roomcast.consumers.worker`` or ``roomcast worker``) ends user mistakes
+(bad app
 path, invalid channel name, unknown layer alias, bad ``CHANNEL_LAYERS``) with one
-``roomcast-worker: error: ...`` line: exit status 1, or 2 for a bad command line.
+``roomcast: error: ...`` line: exit status 1, or 2 for a bad command line.
 """
 
 from __future__ import annotations
@@ -55,20 +56,19 @@ from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
-
-from layers import BaseChannelLayer
-from layers.exceptions import InvalidChannelName, LayerConfigError
-from layers.settings import DEFAULT_CHANNEL_LAYER, get_channel_layer
+from roomcast.layers import BaseChannelLayer
+from roomcast.layers.exceptions import InvalidChannelName, LayerConfigError
+from roomcast.layers.settings import DEFAULT_CHANNEL_LAYER, get_channel_layer
 
 from .base import ASGIApp, Message, Scope
 
 __all__ = ["Worker", "WorkerConfigError", "main"]
 
-logger = logging.getLogger("consumers.worker")
+logger = logging.getLogger("roomcast.consumers.worker")
 
 HANDLED_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 DEFAULT_GRACEFUL_TIMEOUT = 30.0
-PROG = "roomcast-worker"
+PROG = "roomcast worker"
 EXIT_CONFIG = 1
 EXIT_USAGE = 2
 
@@ -376,11 +376,11 @@ LOG_FORMAT = "%(asctime)s %(levelname)-8s %(name)s: %(message)s"
 
 
 def configure_logging(verbosity: int) -> None:
-    """Our loggers (``consumers``, ``layers``) to stderr; the application's are left alone."""
+    """Our loggers (``roomcast.consumers``, ``roomcast.layers``) to stderr; not the app's."""
     level = VERBOSITY_LEVELS.get(verbosity, logging.DEBUG)
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter(LOG_FORMAT))
-    for name in ("consumers", "layers"):
+    for name in ("roomcast.consumers", "roomcast.layers"):
         ours = logging.getLogger(name)
         for old in [h for h in ours.handlers if getattr(h, "_roomcast_worker", False)]:
             ours.removeHandler(old)
@@ -392,7 +392,7 @@ def configure_logging(verbosity: int) -> None:
 
 
 def fail(message: str, status: int = EXIT_CONFIG) -> NoReturn:
-    click.echo(f"{PROG}: error: {' '.join(message.split())}", err=True)
+    click.echo(f"roomcast: error: {' '.join(message.split())}", err=True)
     sys.exit(status)
 
 
@@ -462,8 +462,8 @@ def main(
 
     \b
     Examples:
-      roomcast-worker myproject.asgi:application thumbnails
-      python -m consumers.worker --layer jobs -v 2 myproject.asgi:application mail resize
+      roomcast worker myproject.asgi:application thumbnails
+      python -m roomcast.consumers.worker --layer jobs -v 2 myproject.asgi:application mail resize
     """
     configure_logging(verbosity)
     try:

@@ -2,7 +2,7 @@
 
 Three members join the group ``lobby``; one message sent to the group reaches each of them, and
 a direct message reaches one. The layer comes from ``CHANNEL_LAYERS`` resolution
-(:mod:`layers.settings`): the in-memory layer by default, Redis with
+(:mod:`roomcast.layers.settings`): the in-memory layer by default, Redis with
 ``ROOMCAST_LAYER_URL=redis://127.0.0.1:6379/0``.
 """
 
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 
-from layers import get_channel_layer
+from roomcast.layers import get_channel_layer
 
 
 async def member(name: str, channel: str, expected: int) -> None:

@@ -1,6 +1,6 @@
-"""``python -m gateway APP [options]``: the same as the ``gateway`` command."""
+"""``python -m roomcast.gateway APP [options]``: the same as the ``gateway`` command."""
 
-from gateway.cli import main
+from roomcast.gateway.cli import main
 
 if __name__ == "__main__":  # worker processes re-import this module under another name
     main()

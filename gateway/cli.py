@@ -1,8 +1,8 @@
-"""The ``gateway`` command: parse flags (and GATEWAY_* variables) into a Config, then serve.
+"""The ``gateway`` command: parse flags (and ROOMCAST_* variables) into a Config, then serve.
 
 Flag names follow Daphne's where they exist, so ``daphne`` can be swapped for ``gateway`` in a
 Procfile. User mistakes (bad app path, port in use, bad TLS file, failed start-up) end with
-one ``gateway: error: ...`` line on stderr and a non-zero status, never a traceback; an
+one ``roomcast: error: ...`` line on stderr and a non-zero status, never a traceback; an
 application module that raises while it is imported keeps its traceback (the user needs it).
 
 Exit status: 0 after a clean (signalled) shutdown, 1 for a configuration or bind error or
@@ -18,13 +18,12 @@ from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import click
 from click.core import ParameterSource
-
-from gateway.config import HEADER_NAME, Config, ConfigError, check_log_format
-from gateway.lifespan import LifespanFailure
+from roomcast.gateway.config import HEADER_NAME, Config, ConfigError, check_log_format
+from roomcast.gateway.lifespan import LifespanFailure
 
 EXIT_CONFIG = 1
 EXIT_STARTUP = 3
-ENV_PREFIX = "GATEWAY"
+ENV_PREFIX = "ROOMCAST"
 
 _DEFAULTS: dict[str, Any] = {
     f.name: f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
@@ -470,14 +469,14 @@ def main(**options: Any) -> None:
     APP is 'module:attribute', e.g. myproject.asgi:application, imported from the current
     directory first.
 
-    Every option can also be set in the environment as GATEWAY_<OPTION>, e.g. GATEWAY_PORT=9000,
-    GATEWAY_PROXY_HEADERS=true, and APP as GATEWAY_APP; the command line wins.
+    Every option can also be set in the environment as ROOMCAST_<OPTION>, e.g. ROOMCAST_PORT=9000,
+    ROOMCAST_PROXY_HEADERS=true, and APP as ROOMCAST_APP; the command line wins.
 
     \b
     Examples:
-      gateway myproject.asgi:application
-      gateway -b 0.0.0.0 -p 8000 --workers 4 --proxy-headers myproject.asgi:application
-      gateway -u /run/app.sock --access-log - myproject.asgi:application
+      roomcast serve myproject.asgi:application
+      roomcast serve -b 0.0.0.0 -p 8000 --workers 4 --proxy-headers myproject.asgi:application
+      roomcast serve -u /run/app.sock --access-log - myproject.asgi:application
     """
     ctx = click.get_current_context()
     _check_listen_options(ctx, options)
@@ -541,8 +540,8 @@ def build_config(options: dict[str, Any]) -> Config:
 
 def serve(config: Config) -> None:
     """Run one server, or a worker supervisor, and turn user mistakes into one line."""
-    from gateway.server import Server
-    from gateway.workers import Supervisor, WorkersFailed
+    from roomcast.gateway.server import Server
+    from roomcast.gateway.workers import Supervisor, WorkersFailed
 
     try:
         if config.workers > 1:
@@ -558,7 +557,7 @@ def serve(config: Config) -> None:
 
 
 def fail(message: str, status: int) -> NoReturn:
-    click.echo(f"gateway: error: {' '.join(message.split())}", err=True)
+    click.echo(f"roomcast: error: {' '.join(message.split())}", err=True)
     sys.exit(status)
 
 

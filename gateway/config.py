@@ -25,11 +25,13 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
-logger = logging.getLogger("gateway.error")
+logger = logging.getLogger("roomcast.gateway.error")
 
 SERVER_NAME = "roomcast"
 MIB = 1024 * 1024
-LOG_FORMAT = "%(asctime)s %(levelname)-8s %(message)s"  # the gateway.error lines (--log-fmt)
+LOG_FORMAT = (
+    "%(asctime)s %(levelname)-8s %(message)s"  # the roomcast.gateway.error lines (--log-fmt)
+)
 HEADER_NAME = re.compile(r"[-!#$%&'*+.^_`|~0-9a-zA-Z]+")  # RFC 9110 token: a header name
 
 
@@ -81,7 +83,7 @@ class Config:
     websocket_connect_timeout: float | None = 5.0  # not accepted by then: denied with 503
     proxy_headers_host: str = "X-Forwarded-For"  # with proxy_headers: the client's address
     proxy_headers_port: str = "X-Forwarded-Port"  # with proxy_headers: the client's port
-    log_fmt: str = LOG_FORMAT  # logging format of gateway.error (not the access log)
+    log_fmt: str = LOG_FORMAT  # logging format of roomcast.gateway.error (not the access log)
 
     def __post_init__(self) -> None:
         for name in ("port", "workers", "backlog", "limit_request_body", "limit_request_head"):
@@ -195,7 +197,9 @@ class Config:
 
 def check_log_format(fmt: str) -> None:
     """Refuse a ``%``-style format that fails on a real record now, not on the first log line."""
-    record = logging.LogRecord("gateway.error", logging.INFO, __file__, 0, "message", (), None)
+    record = logging.LogRecord(
+        "roomcast.gateway.error", logging.INFO, __file__, 0, "message", (), None
+    )
     try:
         logging.Formatter(fmt, validate=True).format(record)
     except (TypeError, ValueError, KeyError) as exc:

@@ -15,10 +15,10 @@ import asyncio
 import logging
 from typing import Any, Literal
 
-from gateway.config import ASGIApp, Config, Message, Scope
-from gateway.state import ServerState
+from roomcast.gateway.config import ASGIApp, Config, Message, Scope
+from roomcast.gateway.state import ServerState
 
-logger = logging.getLogger("gateway.error")
+logger = logging.getLogger("roomcast.gateway.error")
 
 Phase = Literal["idle", "startup", "running", "shutdown", "done"]
 _REPLIES: dict[str, tuple[str, str]] = {

@@ -1,4 +1,4 @@
-"""The gateway's two loggers: ``gateway.error`` (diagnostics) and ``gateway.access`` (requests).
+"""The gateway's loggers: ``roomcast.gateway.error`` (diagnostics), ``roomcast.gateway.access``.
 
 Only these loggers are configured, never the root logger, so an application's own logging
 (Django's ``LOGGING``, for one) is left alone. The access log is off unless ``--access-log``
@@ -10,10 +10,10 @@ from __future__ import annotations
 import logging
 import sys
 
-from gateway.config import LOG_FORMAT, Config, ConfigError
+from roomcast.gateway.config import LOG_FORMAT, Config, ConfigError
 
-error_logger = logging.getLogger("gateway.error")
-access_logger = logging.getLogger("gateway.access")
+error_logger = logging.getLogger("roomcast.gateway.error")
+access_logger = logging.getLogger("roomcast.gateway.access")
 
 # Daphne's -v levels: 0 warnings and errors, 1 also start/stop, 2 and 3 debug (3 adds asyncio).
 VERBOSITY_LEVELS = {0: logging.WARNING, 1: logging.INFO, 2: logging.DEBUG, 3: logging.DEBUG}
@@ -26,7 +26,8 @@ _OURS = "_gateway_handler"  # marks handlers we added, so configuring twice repl
 def configure_logging(config: Config) -> None:
     """Set levels and handlers of our loggers from ``verbosity``, ``log_fmt`` and ``access_log``.
 
-    ``log_fmt`` (Daphne's ``--log-fmt``) formats the ``gateway.error`` lines only: the access
+    ``log_fmt`` (Daphne's ``--log-fmt``) formats the ``roomcast.gateway.error`` lines only: the
+    access
     log keeps its own fixed format, as Daphne's access log does.
     """
     level = VERBOSITY_LEVELS.get(config.verbosity, logging.DEBUG)

@@ -25,12 +25,12 @@ import threading
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
-from gateway.config import ASGIApp, Config, ConfigError
-from gateway.lifespan import Lifespan
-from gateway.logging import configure_logging
-from gateway.state import Connection, ServerState
+from roomcast.gateway.config import ASGIApp, Config, ConfigError
+from roomcast.gateway.lifespan import Lifespan
+from roomcast.gateway.logging import configure_logging
+from roomcast.gateway.state import Connection, ServerState
 
-logger = logging.getLogger("gateway.error")
+logger = logging.getLogger("roomcast.gateway.error")
 
 ProtocolFactory = Callable[[Config, ASGIApp, ServerState], asyncio.Protocol]
 HANDLED_SIGNALS: tuple[signal.Signals, ...] = (signal.SIGINT, signal.SIGTERM)
@@ -137,7 +137,7 @@ class Server:
     def _protocol_factory(self) -> ProtocolFactory:
         if self.protocol is not None:
             return self.protocol
-        from gateway.connections.http1 import HTTP1Connection
+        from roomcast.gateway.connections.http1 import HTTP1Connection
 
         return HTTP1Connection
 

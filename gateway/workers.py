@@ -30,12 +30,18 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection as Pipe
 from multiprocessing.process import BaseProcess
 
-from gateway.config import Config, ConfigError
-from gateway.lifespan import LifespanFailure
-from gateway.logging import configure_logging
-from gateway.server import HANDLED_SIGNALS, Server, bind_sockets, close_sockets, describe_socket
+from roomcast.gateway.config import Config, ConfigError
+from roomcast.gateway.lifespan import LifespanFailure
+from roomcast.gateway.logging import configure_logging
+from roomcast.gateway.server import (
+    HANDLED_SIGNALS,
+    Server,
+    bind_sockets,
+    close_sockets,
+    describe_socket,
+)
 
-logger = logging.getLogger("gateway.error")
+logger = logging.getLogger("roomcast.gateway.error")
 
 CRASH_WINDOW = 10.0  # seconds over which worker deaths are counted
 BACKOFF_START = 0.1  # seconds before the first restart; doubles with each recent death

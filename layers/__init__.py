@@ -1,10 +1,16 @@
 """roomcast channel layers: Django Channels' layer API, in memory and over Redis.
 
 ``get_channel_layer(alias)`` returns the layer configured by ``CHANNEL_LAYERS`` (see
-:mod:`layers.settings`); the contract and its semantics are in :mod:`layers.base`.
+:mod:`roomcast.layers.settings`); the contract and its semantics are in :mod:`roomcast.layers.base`.
 """
 
 from __future__ import annotations
+
+if __name__ != "roomcast.layers":  # the source folder, imported by its folder name
+    raise ImportError(
+        f"{__name__!r} is roomcast's source folder layers/: import roomcast.layers "
+        "(pip install -e . maps it there)"
+    )
 
 from typing import TYPE_CHECKING, Any
 

@@ -4,7 +4,8 @@ The in-memory layer is nothing but these two; the Redis layer uses them for the 
 live in its process, so that a message reaching a process (one copy per process) is fanned out
 to that process's members here, without another trip to Redis.
 
-Buffers hold encoded bytes (see :mod:`layers.serializers`) with an expiry time; the clock is
+Buffers hold encoded bytes (see :mod:`roomcast.layers.serializers`) with an expiry time; the clock
+is
 ``time.monotonic`` passed in by the caller, so one reading serves a whole fan-out. A fan-out of
 a message whose values are all immutable (str, bytes, numbers, booleans, None: what chat
 messages are) buffers the message decoded once instead (:func:`shareable`), and each receiver

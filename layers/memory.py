@@ -1,12 +1,13 @@
 """The in-memory channel layer: the embedded default, for one process.
 
 Everything lives in this process: bounded per-channel buffers and group tables
-(:mod:`layers.local`). Messages are msgpack-encoded once per ``send``/``group_send`` and decoded
+(:mod:`roomcast.layers.local`). Messages are msgpack-encoded once per ``send``/``group_send`` and
+decoded
 per delivery (a group message whose values are all immutable is decoded once and each member
 gets a shallow copy, which for such a message is a full one), so receivers never share a
 mutable dict and the layer refuses exactly what the Redis layer refuses.
 
-Semantics beyond :mod:`layers.base`: a ``send`` and a ``group_send`` from one sender to one
+Semantics beyond :mod:`roomcast.layers.base`: a ``send`` and a ``group_send`` from one sender to one
 channel also keep their order (both are appended to the same buffer at call time). Nothing
 survives the process.
 """

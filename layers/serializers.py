@@ -2,7 +2,8 @@
 
 Every backend encodes a message exactly once, when it is sent, and decodes it once per
 delivery (a group message of immutable values only is decoded once per process and copied per
-member, see :mod:`layers.local`). That gives each receiver its own copy (no receiver can mutate
+member, see :mod:`roomcast.layers.local`). That gives each receiver its own copy (no receiver can
+mutate
 another's message),
 makes the in-memory layer refuse exactly what the Redis layer refuses, and lets a group_send
 pay for encoding once however many members the group has.

@@ -4,7 +4,7 @@
 
     CHANNEL_LAYERS = {
         "default": {
-            "BACKEND": "layers.redis.RedisChannelLayer",
+            "BACKEND": "roomcast.layers.redis.RedisChannelLayer",
             "CONFIG": {"hosts": ["redis://localhost:6379/0"], "capacity": 500},
         },
     }
@@ -27,9 +27,10 @@ that has it wins and the others are not consulted:
 An environment variable set to the empty string counts as unset. Backends are imported by
 dotted path when first built, so naming the Redis layer costs nothing until it is used.
 
-Every mistake is reported as :class:`~layers.exceptions.LayerConfigError` with the place it was
+Every mistake is reported as :class:`~roomcast.layers.exceptions.LayerConfigError` with the place
+it was
 found, e.g. ``CHANNEL_LAYERS['default']['CONFIG']: unknown option 'capasity' for
-layers.memory.InMemoryChannelLayer (accepted: ...)``.
+roomcast.layers.memory.InMemoryChannelLayer (accepted: ...)``.
 """
 
 from __future__ import annotations
@@ -74,8 +75,8 @@ ENV_SETTINGS_MODULE = "ROOMCAST_SETTINGS"
 ENV_LAYER_URL = "ROOMCAST_LAYER_URL"
 """Holds a layer URL (``memory://``, ``redis://...``), turned into ``CHANNEL_LAYERS``."""
 
-MEMORY_BACKEND = "layers.memory.InMemoryChannelLayer"
-REDIS_BACKEND = "layers.redis.RedisChannelLayer"
+MEMORY_BACKEND = "roomcast.layers.memory.InMemoryChannelLayer"
+REDIS_BACKEND = "roomcast.layers.redis.RedisChannelLayer"
 
 DEFAULT_CHANNEL_LAYERS: dict[str, dict[str, Any]] = {
     DEFAULT_CHANNEL_LAYER: {"BACKEND": MEMORY_BACKEND},
@@ -169,7 +170,7 @@ def layer_config_from_url(url: str) -> dict[str, dict[str, Any]]:
     be given on any of them but must not be given two different values.
 
     >>> layer_config_from_url("redis://cache:6379/0?capacity=500&ssl_cert_reqs=none")
-    {'default': {'BACKEND': 'layers.redis.RedisChannelLayer', 'CONFIG': {'hosts': \
+    {'default': {'BACKEND': 'roomcast.layers.redis.RedisChannelLayer', 'CONFIG': {'hosts': \
 ['redis://cache:6379/0?ssl_cert_reqs=none'], 'capacity': 500}}}
 
     Raises :class:`LayerConfigError` for an empty URL, an unknown scheme, a bad option value,

@@ -1,4 +1,4 @@
-"""The chat example's ASGI application: ``gateway examples.chat.asgi:application``.
+"""The chat example's ASGI application: ``roomcast serve examples.chat.asgi:application``.
 
 HTTP: the chat page at ``/`` and a health check at ``/healthz`` (used by the Docker
 HEALTHCHECK, the compose healthcheck and the deployment tests). WebSocket: the rooms at
@@ -18,10 +18,10 @@ from typing import Any
 
 os.environ.setdefault("ROOMCAST_SETTINGS", "examples.chat.settings")
 
-from consumers.middleware import Receive, Scope, Send
-from consumers.routing import ProtocolTypeRouter, URLRouter, path
-from consumers.security import AllowedHostsOriginValidator
-from layers import LayerError, get_channel_layer
+from roomcast.consumers.middleware import Receive, Scope, Send
+from roomcast.consumers.routing import ProtocolTypeRouter, URLRouter, path
+from roomcast.consumers.security import AllowedHostsOriginValidator
+from roomcast.layers import LayerError, get_channel_layer
 
 from . import settings
 from .consumers import ChatConsumer

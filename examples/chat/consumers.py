@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from consumers import AsyncJsonWebsocketConsumer
+from roomcast.consumers import AsyncJsonWebsocketConsumer
 
 ROOM = re.compile(r"^[A-Za-z0-9._-]{1,50}$")
 MAX_MESSAGE = 2000

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 
-from layers.settings import layer_config_from_url
+from roomcast.layers.settings import layer_config_from_url
 
 CHANNEL_LAYERS = layer_config_from_url(os.environ.get("ROOMCAST_LAYER_URL") or "memory://")
 # A busy room bursts: each member's channel must hold a burst while its consumer writes it out

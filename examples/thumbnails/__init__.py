@@ -1,1 +1,1 @@
-"""A background worker example: thumbnails made off the request path (``consumers.worker``)."""
+"""A background worker example: thumbnails made off the request path (``roomcast worker``)."""

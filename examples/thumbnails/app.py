@@ -13,7 +13,7 @@ A view or a WebSocket consumer hands the slow work off and goes on::
 and one or more workers consume the ``thumbnails`` channel (several share the work)::
 
     ROOMCAST_LAYER_URL=redis://127.0.0.1:6379/0 \\
-        python -m consumers.worker examples.thumbnails.app:application thumbnails
+        python -m roomcast.consumers.worker examples.thumbnails.app:application thumbnails
 
 The "processing" here only names the thumbnail (and waits ``seconds``, default 0, to stand in
 for real work); the reply says which worker process made it. A request without ``image``
@@ -27,8 +27,8 @@ import os
 import posixpath
 from typing import Any
 
-from consumers import AsyncConsumer
-from consumers.routing import ChannelNameRouter, ProtocolTypeRouter
+from roomcast.consumers import AsyncConsumer
+from roomcast.consumers.routing import ChannelNameRouter, ProtocolTypeRouter
 
 __all__ = ["ThumbnailConsumer", "application", "thumbnail_name"]
 

@@ -1,10 +1,10 @@
 """One HTTP/2 stream as its ASGI stream sees it: the state our side keeps, and the adapters
-that let :class:`~gateway.streams.http.HTTPStream` and
-:class:`~gateway.connections.websocket.WebSocketSession` run on it exactly as on HTTP/1.1.
+that let :class:`~roomcast.gateway.streams.http.HTTPStream` and
+:class:`~roomcast.gateway.connections.websocket.WebSocketSession` run on it exactly as on HTTP/1.1.
 
 :class:`H2Responder` is an HTTP stream's Responder, :class:`H2Carrier` the byte pipe of a
 WebSocket over extended CONNECT (RFC 8441) and :class:`H2WebSocketResponder` its handshake.
-They send through their :class:`~gateway.connections.http2.HTTP2Connection`, which owns h2
+They send through their :class:`~roomcast.gateway.connections.http2.HTTP2Connection`, which owns h2
 and the flow-control windows.
 """
 
@@ -92,7 +92,7 @@ class _StreamPort:
 
 
 class H2Responder(_StreamPort):
-    """The :class:`~gateway.streams.http.Responder` of one HTTP/2 request stream."""
+    """The :class:`~roomcast.gateway.streams.http.Responder` of one HTTP/2 request stream."""
 
     __slots__ = ()
 
@@ -155,7 +155,7 @@ class H2Responder(_StreamPort):
 
 
 class H2Carrier(_StreamPort):
-    """A :class:`~gateway.connections.websocket.WebSocketCarrier` over one HTTP/2 stream."""
+    """A :class:`~.websocket.WebSocketCarrier` over one HTTP/2 stream."""
 
     __slots__ = ()
 
@@ -180,7 +180,7 @@ class H2Carrier(_StreamPort):
 
 
 class H2WebSocketResponder:
-    """The :class:`~gateway.streams.websocket.WebSocketResponder` of an extended CONNECT."""
+    """The :class:`~.streams.websocket.WebSocketResponder` of an extended CONNECT."""
 
     def __init__(
         self, connection: HTTP2Connection, stream: H2Stream, offers: bytes, target: str

@@ -1,9 +1,10 @@
 """An HTTP/1.1 connection (h11): request heads become streams, streams' answers become bytes.
 
 The connection owns the socket and the framing and keeps no ASGI state of its own: each
-request is an :class:`~gateway.streams.http.HTTPStream`, and an upgrade to WebSocket hands the
-socket to a :class:`~gateway.connections.websocket.WebSocketHandler` carrying a
-:class:`~gateway.streams.websocket.WebSocketStream`.
+request is an :class:`~roomcast.gateway.streams.http.HTTPStream`, and an upgrade to WebSocket hands
+the
+socket to a :class:`~roomcast.gateway.connections.websocket.WebSocketHandler` carrying a
+:class:`~roomcast.gateway.streams.websocket.WebSocketStream`.
 
 Bad bytes get an HTTP error and a closed connection: malformed → 400, head too large → 431,
 body over the limit → 413, smuggling shapes (two Content-Lengths, Content-Length with
@@ -33,7 +34,7 @@ from .http2 import HTTP2Connection
 from .scope import request_scope
 from .websocket import WebSocketHandler
 
-logger = logging.getLogger("gateway.error")
+logger = logging.getLogger("roomcast.gateway.error")
 
 _REASONS = {status.value: status.phrase.encode() for status in HTTPStatus}
 _NOTABLE = frozenset(

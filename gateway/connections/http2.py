@@ -1,11 +1,13 @@
 """An HTTP/2 connection (h2): many streams on one socket, each its own ASGI conversation.
 
 The connection owns the socket and the h2 state machine; every request stream runs an
-:class:`~gateway.streams.http.HTTPStream` and every extended CONNECT with ``:protocol
-websocket`` (RFC 8441) a :class:`~gateway.streams.websocket.WebSocketStream` over a
-:class:`~gateway.connections.websocket.WebSocketSession`, exactly as on HTTP/1.1. The
-per-stream state and those adapters live in :mod:`gateway.connections.h2streams`; the checks
-h2 lacks (control-frame floods, oversized frame headers) in :mod:`gateway.connections.h2guards`.
+:class:`~roomcast.gateway.streams.http.HTTPStream` and every extended CONNECT with ``:protocol
+websocket`` (RFC 8441) a :class:`~roomcast.gateway.streams.websocket.WebSocketStream` over a
+:class:`~roomcast.gateway.connections.websocket.WebSocketSession`, exactly as on HTTP/1.1. The
+per-stream state and those adapters live in :mod:`roomcast.gateway.connections.h2streams`; the
+checks
+h2 lacks (control-frame floods, oversized frame headers) in
+:mod:`roomcast.gateway.connections.h2guards`.
 
 Flow control both ways, so that one slow party stalls only its own stream:
 
@@ -58,7 +60,7 @@ from .h2guards import FloodGuard, FrameSizeCheck
 from .h2streams import STATUS, H2Responder, H2Stream, H2WebSocketResponder
 from .scope import request_scope
 
-logger = logging.getLogger("gateway.error")
+logger = logging.getLogger("roomcast.gateway.error")
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 STREAM_WINDOW = 65535  # SETTINGS_INITIAL_WINDOW_SIZE: request body buffered per stream

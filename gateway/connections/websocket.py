@@ -11,7 +11,8 @@ stream) reuses everything after the handshake:
   does not read: past ``websocket_write_buffer`` for ``websocket_write_timeout`` the carrier is
   dropped (the app sees 1008). A Close frame that cannot be delivered within ``CLOSE_TIMEOUT``
   (the client stopped reading) does not keep the carrier open either.
-- :class:`WebSocketHandler` is the HTTP/1.1 :class:`~gateway.streams.websocket.WebSocketResponder`:
+- :class:`WebSocketHandler` is the HTTP/1.1
+  :class:`~roomcast.gateway.streams.websocket.WebSocketResponder`:
   it answers the upgrade with a 101 (or denies it through h11, which owns the connection until
   then) and hands the socket, as a :class:`TransportCarrier`, to its session.
 """
@@ -38,7 +39,7 @@ from ..state import ServerState
 from ..streams.http import ClientDisconnected
 from ..streams.websocket import WebSocketStream
 
-logger = logging.getLogger("gateway.error")
+logger = logging.getLogger("roomcast.gateway.error")
 
 CLOSE_TIMEOUT = 5.0  # seconds we wait for the client's half of the closing handshake
 

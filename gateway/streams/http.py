@@ -20,7 +20,7 @@ from typing import Any, Protocol
 from ..config import HEADER_NAME, ASGIApp, Message, Scope
 from ..logging import access_logger, log_access
 
-logger = logging.getLogger("gateway.error")
+logger = logging.getLogger("roomcast.gateway.error")
 
 # Request body buffered for the app before the connection stops reading from the client.
 BODY_HIGH_WATER = 256 * 1024

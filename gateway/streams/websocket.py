@@ -16,7 +16,7 @@ from typing import Protocol
 from ..config import ASGIApp, Message, Scope
 from .http import ClientDisconnected, ProtocolViolation
 
-logger = logging.getLogger("gateway.error")
+logger = logging.getLogger("roomcast.gateway.error")
 
 
 class WebSocketResponder(Protocol):

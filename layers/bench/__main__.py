@@ -1,4 +1,4 @@
-"""``python -m layers.bench``: the same as the ``layer-bench`` command."""
+"""``python -m roomcast.layers.bench``: the same as the ``layer-bench`` command."""
 
 from .cli import main
 

@@ -1,6 +1,6 @@
 """The coordinator's side of a run: worker processes, and the three scenarios.
 
-For each round and each target, a pool of worker processes (:mod:`layers.bench.workers`) is
+For each round and each target, a pool of worker processes (:mod:`roomcast.layers.bench.workers`) is
 started: ``--processes`` member processes, each with its own layer instance as N gateways
 would have, and one more process that only sends, so every delivery crosses the layer's
 wire (``--sender member`` sends from the first member process instead). A layer that lives in
@@ -103,7 +103,7 @@ def _split(total: int, parts: int) -> list[int]:
 
 
 class WorkerProcess:
-    """One ``python -m layers.bench.workers`` child, spoken to in JSON lines."""
+    """One ``python -m roomcast.layers.bench.workers`` child, spoken to in JSON lines."""
 
     def __init__(self, name: str) -> None:
         self.name = name
@@ -113,7 +113,7 @@ class WorkerProcess:
     async def start(self, settings: Settings) -> None:
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [_ROOT, env.get("PYTHONPATH")]))
-        args = [sys.executable, "-m", "layers.bench.workers", "--loop", settings.loop]
+        args = [sys.executable, "-m", "roomcast.layers.bench.workers", "--loop", settings.loop]
         if not settings.hiredis:
             args.append("--no-hiredis")
         self._proc = await asyncio.create_subprocess_exec(

@@ -1,6 +1,7 @@
 """A bench process: holds members of a group (or receivers) and/or sends, on command.
 
-Run by the coordinator as ``python -m layers.bench.workers [--loop uvloop] [--no-hiredis]``,
+Run by the coordinator as ``python -m roomcast.layers.bench.workers [--loop uvloop]
+[--no-hiredis]``,
 one per process of a run, as N gateways would be: each builds its own layer instance. It reads
 one JSON command per line on stdin and answers each with one JSON line on stdout:
 
@@ -388,7 +389,7 @@ async def serve() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m layers.bench.workers")
+    parser = argparse.ArgumentParser(prog="python -m roomcast.layers.bench.workers")
     parser.add_argument("--loop", choices=("asyncio", "uvloop"), default="asyncio")
     parser.add_argument("--no-hiredis", action="store_true")
     args = parser.parse_args(argv)

@@ -3,7 +3,8 @@
 A ``send`` to another process's channel is one ``EVALSHA`` of the PUSH script. Through redis-py
 each cost ~80 µs of CPU on top of the round trip (pool checkout, argument encoding, a timeout
 per read, response callbacks); here the command is packed from a prefix made once and written
-on a :class:`~layers.redis.link.RespLink`, and its reply resolves the caller's future directly.
+on a :class:`~roomcast.layers.redis.link.RespLink`, and its reply resolves the caller's future
+directly.
 
 A send made while nothing is in flight is written at once. Sends made while replies are
 awaited are queued and written together on the next event-loop tick, as one batch pipelined

@@ -134,9 +134,7 @@ def _from_sentinel(options: dict[str, Any]) -> tuple[str, Any]:
     sentinel_kwargs = options.pop("sentinel_kwargs", None)
 
     def make(retry: Retry) -> Redis:
-        sentinel = Sentinel(  # type: ignore[no-untyped-call]
-            sentinels, sentinel_kwargs=sentinel_kwargs, **_DEFAULTS
-        )
+        sentinel = Sentinel(sentinels, sentinel_kwargs=sentinel_kwargs, **_DEFAULTS)
         client: Redis = sentinel.master_for(master_name, **_options(options, retry))
         return client
 

@@ -8,7 +8,7 @@ message that arrives alone). An entry taken is removed from Redis at once, so a 
 delivered at most once; entries still in the list when Redis restarts without persistence are
 lost, and so are the entries being taken if the process dies at that instant.
 
-The connection is a :class:`~layers.redis.link.RespLink` and the reading runs in its reply
+The connection is a :class:`~roomcast.layers.redis.link.RespLink` and the reading runs in its reply
 callback: a reply's entries are handed over and the next command (packed once) is written at
 once, with no task switch per message. The reader's task only waits for the link to fail, and
 then opens a new one.

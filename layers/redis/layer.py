@@ -3,7 +3,7 @@
 Design (after Phoenix PubSub and Centrifugo):
 
 * A process-local channel is named ``<prefix>.<process id>!<suffix>`` by ``new_channel()``.
-  Its messages wait in this process's memory (:mod:`layers.local`), never in Redis.
+  Its messages wait in this process's memory (:mod:`roomcast.layers.local`), never in Redis.
 * A process keeps its own channels' group memberships in memory and is subscribed to the pub/sub
   channel of every group it has members in. ``group_send`` is one ``EVALSHA`` that PUBLISHes
   once: Redis sends one copy to each subscribed process (O(processes), whatever the group size;
@@ -17,9 +17,9 @@ Design (after Phoenix PubSub and Centrifugo):
   for expiry and ``group_members()``. A ``group_add`` for a channel of another process records
   it and sends that process a control message, which then joins and subscribes. Plain channels
   in a group are kept in a second set; ``group_send`` returns them and pushes to their lists.
-* Keys of one operation share a hash tag (see :mod:`layers.redis.wire`): Redis Cluster with
+* Keys of one operation share a hash tag (see :mod:`roomcast.layers.redis.wire`): Redis Cluster with
   sharded pub/sub can follow without a redesign. Several ``hosts`` shard groups, inboxes and
-  plain channels by a consistent hash (:mod:`layers.redis.sharding`).
+  plain channels by a consistent hash (:mod:`roomcast.layers.redis.sharding`).
 
 What is lost when, and in which order things arrive:
 
@@ -184,7 +184,7 @@ class RedisChannelLayer(BaseChannelLayer):
             return await script(self._client(shard), keys, args)
 
     def _batcher(self, shard: int) -> PushBatcher:
-        """This event loop's send batcher for ``shard`` (see :mod:`layers.redis.batching`)."""
+        """This event loop's send batcher for ``shard`` (see :mod:`.batching`)."""
         loop = asyncio.get_running_loop()
         batchers = self._batchers.get(loop)
         if batchers is None:

@@ -11,7 +11,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-logger = logging.getLogger("layers.redis")
+logger = logging.getLogger("roomcast.layers.redis")
 
 # What a lost, partitioned or restarting server raises through redis-py and the socket below.
 LOST_CONNECTION = (RedisConnectionError, RedisTimeoutError, OSError, asyncio.TimeoutError)

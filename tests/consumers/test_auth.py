@@ -18,8 +18,7 @@ from typing import Any
 
 import pytest
 from asgiref.testing import ApplicationCommunicator
-
-from consumers.auth import (
+from roomcast.consumers.auth import (
     AnonymousUser,
     AuthMiddleware,
     CookieMiddleware,
@@ -28,7 +27,7 @@ from consumers.auth import (
     get_token,
     parse_cookie,
 )
-from consumers.middleware import Message, Receive, Scope, Send
+from roomcast.consumers.middleware import Message, Receive, Scope, Send
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -348,9 +347,8 @@ def _django_scenario(tmp: str) -> dict[str, Any]:
     from django.core.management import call_command
     from django.http import parse_cookie as django_parse_cookie
     from django.test import Client
-
-    from consumers.auth import AuthMiddlewareStack, SessionMiddlewareStack, login, logout
-    from consumers.auth import _in_db_thread as in_db_thread
+    from roomcast.consumers.auth import AuthMiddlewareStack, SessionMiddlewareStack, login, logout
+    from roomcast.consumers.auth import _in_db_thread as in_db_thread
 
     call_command("migrate", verbosity=0, interactive=False)
     alice = DjangoUser.objects.create_user("alice", password="pw")

@@ -14,15 +14,15 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+import roomcast.consumers.base
 from asgiref.sync import async_to_sync
+from roomcast.consumers import AsyncConsumer, StopConsumer, SyncConsumer, get_handler_name
+from roomcast.consumers.testing import WebsocketCommunicator
+from roomcast.layers import InMemoryChannelLayer
+from roomcast.layers.exceptions import LayerConfigError
+from roomcast.layers.settings import channel_layers
 from websockets.asyncio.client import connect
 
-import consumers.base
-from consumers import AsyncConsumer, StopConsumer, SyncConsumer, get_handler_name
-from consumers.testing import WebsocketCommunicator
-from layers import InMemoryChannelLayer
-from layers.exceptions import LayerConfigError
-from layers.settings import channel_layers
 from tests.gateway.ws_support import gateway_server
 
 WAIT = 5.0
@@ -150,7 +150,7 @@ async def test_no_handler_raises_logs_and_ends_the_consumer(
     with pytest.raises(ValueError, match=r"No handler for message type room\.unknown") as info:
         await communicator.receive_output()
     assert any("Echo" in note for note in info.value.__notes__)
-    record = next(r for r in caplog.records if r.name == "consumers")
+    record = next(r for r in caplog.records if r.name == "roomcast.consumers")
     assert record.levelno == logging.ERROR
     assert "test_consumers.Echo" in record.getMessage()
     assert "'room.unknown'" in record.getMessage()
@@ -268,7 +268,7 @@ async def test_alias_none_runs_without_a_layer(layer: InMemoryChannelLayer) -> N
 async def test_a_layer_lookup_returning_none_runs_without_a_layer(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(consumers.base, "get_channel_layer", lambda alias: None)
+    monkeypatch.setattr(roomcast.consumers.base, "get_channel_layer", lambda alias: None)
     communicator = await connected(LayerProbe.as_asgi())
     assert await communicator.receive_from() == "False:None"
     await communicator.disconnect()

@@ -16,7 +16,7 @@ settings.configure(DATABASES={"default": {"ENGINE": "django.db.backends.sqlite3"
                                           "NAME": ":memory:"}},
                    INSTALLED_APPS=["django.contrib.contenttypes", "django.contrib.auth"])
 django.setup()
-from consumers.db import aclose_old_connections, database_sync_to_async
+from roomcast.consumers.db import aclose_old_connections, database_sync_to_async
 
 @database_sync_to_async
 def query(x):

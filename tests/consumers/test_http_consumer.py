@@ -14,11 +14,11 @@ from typing import Any
 
 import httpx
 import pytest
+from roomcast.consumers import AsyncHttpConsumer
+from roomcast.consumers.testing import ApplicationCommunicator, HttpCommunicator
+from roomcast.layers import InMemoryChannelLayer
+from roomcast.layers.settings import channel_layers
 
-from consumers import AsyncHttpConsumer
-from consumers.testing import ApplicationCommunicator, HttpCommunicator
-from layers import InMemoryChannelLayer
-from layers.settings import channel_layers
 from tests.gateway.ws_support import gateway_server, wait_for_condition
 
 WAIT = 5.0

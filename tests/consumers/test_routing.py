@@ -17,11 +17,8 @@ from typing import Any
 import httpx
 import pytest
 from asgiref.testing import ApplicationCommunicator
-from websockets.asyncio.client import connect
-from websockets.exceptions import InvalidStatus
-
-from consumers.middleware import BaseMiddleware, Message, Receive, Scope, Send
-from consumers.routing import (
+from roomcast.consumers.middleware import BaseMiddleware, Message, Receive, Scope, Send
+from roomcast.consumers.routing import (
     ChannelNameRouter,
     ProtocolTypeRouter,
     RouteNotFound,
@@ -30,6 +27,9 @@ from consumers.routing import (
     re_path,
     register_converter,
 )
+from websockets.asyncio.client import connect
+from websockets.exceptions import InvalidStatus
+
 from tests.gateway.ws_support import gateway_server
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -388,10 +388,10 @@ async def test_no_route_closes_a_websocket_before_accept_and_logs_it(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     router = URLRouter([path("ws/chat/<str:room>/", Recorder())])
-    with caplog.at_level(logging.WARNING, logger="consumers.routing"):
+    with caplog.at_level(logging.WARNING, logger="roomcast.consumers.routing"):
         answer = await ws_connect(router, ws_scope("/ws/nowhere/"))
     assert answer == {"type": "websocket.close"}
-    [record] = [r for r in caplog.records if r.name == "consumers.routing"]
+    [record] = [r for r in caplog.records if r.name == "roomcast.consumers.routing"]
     assert record.levelno == logging.WARNING
     assert record.getMessage() == (
         "No route found for WebSocket path '/ws/nowhere/': closing the connection"
@@ -408,7 +408,7 @@ async def test_no_route_websocket_that_disconnects_first_is_left_alone() -> None
 
 async def test_no_route_answers_http_404(caplog: pytest.LogCaptureFixture) -> None:
     router = URLRouter([path("ws/chat/<str:room>/", Recorder())])
-    with caplog.at_level(logging.INFO, logger="consumers.routing"):
+    with caplog.at_level(logging.INFO, logger="roomcast.consumers.routing"):
         communicator = ApplicationCommunicator(router, http_scope("/nowhere"))
         await communicator.send_input({"type": "http.request", "body": b""})
         start = await communicator.receive_output(1)
@@ -492,10 +492,10 @@ async def test_through_the_gateway_no_route_is_403_for_websocket_and_404_for_htt
 
 
 async def test_tutorial_stack_with_consumers_and_communicator() -> None:
-    from consumers.auth import TokenAuthMiddleware, get_token
-    from consumers.security import AllowedHostsOriginValidator
-    from consumers.testing import WebsocketCommunicator
-    from consumers.websocket import AsyncJsonWebsocketConsumer
+    from roomcast.consumers.auth import TokenAuthMiddleware, get_token
+    from roomcast.consumers.security import AllowedHostsOriginValidator
+    from roomcast.consumers.testing import WebsocketCommunicator
+    from roomcast.consumers.websocket import AsyncJsonWebsocketConsumer
 
     class Person:
         is_authenticated = True
@@ -615,8 +615,8 @@ def test_django_path_and_re_path_entries_are_accepted() -> None:
 def test_routing_middleware_security_and_auth_import_neither_django_nor_channels() -> None:
     code = (
         "import sys\n"
-        "import consumers, consumers.routing, consumers.middleware\n"
-        "import consumers.security, consumers.auth\n"
+        "import roomcast.consumers, roomcast.consumers.routing, roomcast.consumers.middleware\n"
+        "import roomcast.consumers.security, roomcast.consumers.auth\n"
         "print(sorted(m for m in sys.modules if m.split('.')[0] in ('django', 'channels')))\n"
     )
     result = subprocess.run(

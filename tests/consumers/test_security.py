@@ -19,12 +19,16 @@ from urllib.parse import urlparse
 
 import pytest
 from asgiref.testing import ApplicationCommunicator
+from roomcast.consumers.middleware import Message, Receive, Scope, Send
+from roomcast.consumers.security import (
+    AllowedHostsOriginValidator,
+    OriginValidator,
+    WebsocketDenier,
+)
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 from websockets.typing import Origin
 
-from consumers.middleware import Message, Receive, Scope, Send
-from consumers.security import AllowedHostsOriginValidator, OriginValidator, WebsocketDenier
 from tests.gateway.ws_support import gateway_server
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -199,7 +203,7 @@ async def test_websocket_refusal_is_a_close_before_accept_and_is_logged(
 ) -> None:
     inner = Inner()
     app = OriginValidator(inner, ["https://chat.example.com"])
-    with caplog.at_level(logging.WARNING, logger="consumers.security"):
+    with caplog.at_level(logging.WARNING, logger="roomcast.consumers.security"):
         answer = await ws_answer(app, "https://evil.test")
     assert answer == {"type": "websocket.close"}
     assert inner.calls == 0

@@ -10,8 +10,11 @@ import time
 from typing import Any
 
 import pytest
-
-from consumers.testing import ApplicationCommunicator, HttpCommunicator, WebsocketCommunicator
+from roomcast.consumers.testing import (
+    ApplicationCommunicator,
+    HttpCommunicator,
+    WebsocketCommunicator,
+)
 
 Message = dict[str, Any]
 

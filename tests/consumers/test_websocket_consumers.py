@@ -15,10 +15,7 @@ from typing import Any
 
 import pytest
 from asgiref.sync import async_to_sync
-from websockets.asyncio.client import connect
-from websockets.exceptions import ConnectionClosed, InvalidStatus
-
-from consumers import (
+from roomcast.consumers import (
     AcceptConnection,
     AsyncJsonWebsocketConsumer,
     AsyncWebsocketConsumer,
@@ -28,9 +25,12 @@ from consumers import (
     UndecodableFrame,
     WebsocketConsumer,
 )
-from consumers.testing import WebsocketCommunicator
-from layers import InMemoryChannelLayer
-from layers.settings import channel_layers
+from roomcast.consumers.testing import WebsocketCommunicator
+from roomcast.layers import InMemoryChannelLayer
+from roomcast.layers.settings import channel_layers
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+
 from tests.gateway.ws_support import gateway_server, wait_for_condition
 
 WAIT = 5.0
@@ -329,7 +329,7 @@ async def test_malformed_json_closes_with_1007(
     layer: SpyLayer, consumer: type[Any], caplog: pytest.LogCaptureFixture
 ) -> None:
     communicator = await connected(consumer.as_asgi())
-    with caplog.at_level(logging.WARNING, logger="consumers"):
+    with caplog.at_level(logging.WARNING, logger="roomcast.consumers"):
         await communicator.send_to(text_data="{not json")
         assert await communicator.receive_output() == {
             "type": "websocket.close",

@@ -1,7 +1,8 @@
 """The worker (consumers/worker.py): named channels consumed through ChannelNameRouter.
 
 In process on the in-memory layer (instances, errors, graceful stop); across processes with
-``python -m consumers.worker`` and a real redis-server (replies, SIGTERM, two workers sharing
+``python -m roomcast.consumers.worker`` and a real redis-server (replies, SIGTERM, two workers
+sharing
 one channel); and the command's one-line errors.
 """
 
@@ -23,15 +24,15 @@ from types import TracebackType
 from typing import Any
 
 import pytest
+import roomcast.consumers.worker
 from click.testing import CliRunner
+from roomcast.consumers import AsyncConsumer, ChannelNameRouter, ProtocolTypeRouter
+from roomcast.consumers.worker import Worker, WorkerConfigError, main
+from roomcast.layers import InMemoryChannelLayer, InvalidChannelName
+from roomcast.layers.redis import RedisChannelLayer
+from roomcast.layers.settings import channel_layers
 
-import consumers.worker
-from consumers import AsyncConsumer, ChannelNameRouter, ProtocolTypeRouter
-from consumers.worker import Worker, WorkerConfigError, main
 from examples.thumbnails.app import application as thumbnails_app
-from layers import InMemoryChannelLayer, InvalidChannelName
-from layers.redis import RedisChannelLayer
-from layers.settings import channel_layers
 from tests.redis_server import RedisServer
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -133,7 +134,7 @@ async def test_one_instance_per_channel_with_a_channel_scope(layer: InMemoryChan
 async def test_an_exception_is_logged_and_the_next_message_is_handled(
     layer: InMemoryChannelLayer, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, logger="consumers")
+    caplog.set_level(logging.INFO, logger="roomcast.consumers")
     worker = Worker(jobs_app, ["jobs"], layer)
     reply = await layer.new_channel()
     async with running(worker):
@@ -143,8 +144,12 @@ async def test_an_exception_is_logged_and_the_next_message_is_handled(
         first, third = await reply_from(layer, reply), await reply_from(layer, reply)
     assert (first["n"], third["n"]) == (1, 3)
     assert first["instance"] != third["instance"]  # a new instance after the failure
-    errors = [r for r in caplog.records if r.name.startswith("consumers") and r.levelno >= 40]
-    assert [r.name for r in errors] == ["consumers.worker"]  # once, not by the consumer too
+    errors = [
+        r for r in caplog.records if r.name.startswith("roomcast.consumers") and r.levelno >= 40
+    ]
+    assert [r.name for r in errors] == [
+        "roomcast.consumers.worker"
+    ]  # once, not by the consumer too
     line = errors[0].getMessage()
     assert "tests.consumers.test_worker.Jobs" in line
     assert "channel 'jobs'" in line
@@ -222,12 +227,12 @@ async def test_bad_channels_are_refused_at_construction(layer: InMemoryChannelLa
 
 
 class WorkerProcess:
-    """``python -m consumers.worker ARGS`` from the repository root, its stderr kept in a file."""
+    """``python -m roomcast.consumers.worker ARGS`` from the repository root, stderr in a file."""
 
     def __init__(self, *args: str, env: dict[str, str]) -> None:
         self._stderr = tempfile.TemporaryFile()  # noqa: SIM115 - closed in __exit__
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "consumers.worker", *args],
+            [sys.executable, "-m", "roomcast.consumers.worker", *args],
             cwd=ROOT,
             env={**os.environ, "PYTHONUNBUFFERED": "1", **env},
             stdout=subprocess.DEVNULL,
@@ -355,7 +360,13 @@ async def test_two_worker_processes_share_one_channel(
 
 def test_a_bad_app_path_is_one_line_and_exit_1() -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "consumers.worker", "nosuch.module:application", "thumbnails"],
+        [
+            sys.executable,
+            "-m",
+            "roomcast.consumers.worker",
+            "nosuch.module:application",
+            "thumbnails",
+        ],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -363,7 +374,7 @@ def test_a_bad_app_path_is_one_line_and_exit_1() -> None:
     )
     assert result.returncode == 1
     assert result.stderr.splitlines() == [
-        "roomcast-worker: error: cannot import module 'nosuch.module': No module named 'nosuch'"
+        "roomcast: error: cannot import module 'nosuch.module': No module named 'nosuch'"
     ]
 
 
@@ -372,7 +383,7 @@ def cli(monkeypatch: pytest.MonkeyPatch) -> Iterator[CliRunner]:
     """The command in process, on the built-in in-memory layer, with our logging untouched."""
     for name in ("ROOMCAST_LAYER_URL", "ROOMCAST_SETTINGS", "DJANGO_SETTINGS_MODULE"):
         monkeypatch.delenv(name, raising=False)
-    monkeypatch.setattr(consumers.worker, "configure_logging", lambda verbosity: None)
+    monkeypatch.setattr(roomcast.consumers.worker, "configure_logging", lambda verbosity: None)
     channel_layers.reset()
     yield CliRunner()
     channel_layers.reset()
@@ -401,5 +412,5 @@ def test_command_errors_are_one_line(
     assert result.exit_code == status, result.output
     lines = result.output.splitlines()
     assert len(lines) == 1, result.output
-    assert lines[0].startswith("roomcast-worker: error: ")
+    assert lines[0].startswith("roomcast: error: ")
     assert error in lines[0]

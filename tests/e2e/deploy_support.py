@@ -170,10 +170,10 @@ def gateway_environment(redis_url: str) -> dict[str, str]:
 
 
 def gateway_arguments(port: int) -> list[str]:
-    """The image's ``gateway ...`` command, on 127.0.0.1:``port`` instead of 0.0.0.0:8000."""
+    """The image's ``roomcast serve ...`` arguments, on 127.0.0.1:``port``, not 0.0.0.0:8000."""
     command = image_command()
-    assert command[0] == "gateway", command
-    arguments = command[1:]
+    assert command[:2] == ["roomcast", "serve"], command
+    arguments = command[2:]
     for flag, value in (("-b", "127.0.0.1"), ("-p", str(port))):
         arguments[arguments.index(flag) + 1] = value
     return arguments

@@ -1,6 +1,6 @@
 """The chat example wrapped in a recorder of its scopes: how each request reached the app.
 
-``gateway tests.e2e.h2_chat_app:application`` serves ``examples.chat.asgi:application``
+``roomcast serve tests.e2e.h2_chat_app:application`` serves ``examples.chat.asgi:application``
 unchanged, and appends one JSON line per HTTP request or WebSocket to the file named by
 ``ROOMCAST_SCOPE_LOG`` (if set): its ``type``, ``http_version``, ``scheme``, ``path`` and
 ``client`` (address and port: which TCP connection it came on). The
@@ -14,7 +14,8 @@ from __future__ import annotations
 import json
 import os
 
-from consumers.middleware import Receive, Scope, Send
+from roomcast.consumers.middleware import Receive, Scope, Send
+
 from examples.chat.asgi import application as chat
 
 SCOPE_LOG_ENV = "ROOMCAST_SCOPE_LOG"

@@ -79,7 +79,7 @@ def test_dockerfile_has_the_documented_shape() -> None:
     assert users[-1].split(":")[0] not in ("root", "0"), users[-1]
     assert ("EXPOSE", "8000") in image
     assert image_command() == [
-        *("gateway", "examples.chat.asgi:application", "-b", "0.0.0.0", "-p", "8000"),
+        *("roomcast", "serve", "examples.chat.asgi:application", "-b", "0.0.0.0", "-p", "8000"),
         *("--proxy-headers", "--forwarded-allow-ips", "*"),
     ]
     options, check = image_healthcheck()
@@ -176,7 +176,7 @@ def test_compose_file_validates_and_says_what_the_readme_says() -> None:
     assert gateway["depends_on"] == {"redis": {"condition": "service_healthy"}}
     # The compose healthcheck is the image's, and draining fits in the grace period.
     assert gateway["healthcheck"]["test"] == ["CMD", *image_healthcheck()[1]]
-    graceful = float(environment["GATEWAY_GRACEFUL_TIMEOUT"])
+    graceful = float(environment["ROOMCAST_GRACEFUL_TIMEOUT"])
     assert graceful + 5 <= seconds(gateway["stop_grace_period"])
 
     assert nginx["image"] == "nginx:1.27"

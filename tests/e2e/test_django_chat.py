@@ -1,7 +1,7 @@
 """The Django chat example end to end: a real Django project served by real gateway processes.
 
 ``examples/django_chat`` is migrated into a temporary SQLite database and given a user with
-``manage.py createsuperuser`` (as its README says), then served by ``python -m gateway
+``manage.py createsuperuser`` (as its README says), then served by ``python -m roomcast.gateway
 mysite.asgi:application``. A client logs in over HTTP (CSRF cookie and token, then the
 credentials) and opens the room's WebSocket with the session cookie: the messages it sends are
 signed with its username, which proves the Django session reached ``scope["user"]`` through

@@ -1,4 +1,4 @@
-"""Small ASGI apps for the gateway tests, and a runner for ``python -m gateway`` processes.
+"""Small ASGI apps for the gateway tests, and a runner for ``python -m roomcast.gateway`` processes.
 
 Apps are addressed as ``tests.gateway.apps:<name>`` from the repository root. Those with a
 lifespan record what happened in the file named by ``ROOMCAST_TEST_MARKER`` (if set), one
@@ -25,7 +25,7 @@ from types import TracebackType
 from typing import Any
 from urllib.parse import parse_qs
 
-from gateway.config import Message, Receive, Scope, Send
+from roomcast.gateway.config import Message, Receive, Scope, Send
 
 ROOT = Path(__file__).resolve().parents[2]
 MARKER_ENV = "ROOMCAST_TEST_MARKER"
@@ -187,7 +187,7 @@ def free_port() -> int:
 
 
 class GatewayProcess:
-    """``python -m gateway ARGS`` from the repository root, its stderr kept in a file.
+    """``python -m roomcast.gateway ARGS`` from ``cwd`` (the repository root), stderr in a file.
 
     Use as a context manager: at exit the process and any workers of it still running are
     killed (it runs in a process group of its own).
@@ -198,14 +198,15 @@ class GatewayProcess:
         *args: str,
         env: Mapping[str, str] | None = None,
         pass_fds: Collection[int] = (),
+        cwd: str | os.PathLike[str] = ROOT,
     ) -> None:
         self.args = args
         self._stderr = tempfile.TemporaryFile()  # noqa: SIM115 - closed in __exit__
         self._stdout = tempfile.TemporaryFile()  # noqa: SIM115 - closed in __exit__
         full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "gateway", *args],
-            cwd=ROOT,
+            [sys.executable, "-m", "roomcast.gateway", *args],
+            cwd=cwd,
             env=full_env,
             stdout=self._stdout,
             stderr=self._stderr,
@@ -270,7 +271,7 @@ class GatewayProcess:
 @contextlib.contextmanager
 def preserved_logging() -> Iterator[None]:
     """Undo what ``configure_logging`` does to our loggers, so later tests' caplog still works."""
-    names = ("gateway.error", "gateway.access", "asyncio")
+    names = ("roomcast.gateway.error", "roomcast.gateway.access", "asyncio")
     loggers = [logging.getLogger(name) for name in names]
     saved = [(lg.handlers[:], lg.level, lg.propagate, lg.disabled) for lg in loggers]
     try:
@@ -285,9 +286,9 @@ def preserved_logging() -> Iterator[None]:
 
 
 def one_error_line(stderr: str) -> str:
-    """The single ``gateway: error:`` line stderr must consist of (asserted)."""
+    """The single ``roomcast: error:`` line stderr must consist of (asserted)."""
     lines = stderr.strip().splitlines()
     assert len(lines) == 1, f"expected one line on stderr, got:\n{stderr}"
-    assert lines[0].startswith("gateway: error: "), lines[0]
+    assert lines[0].startswith("roomcast: error: "), lines[0]
     assert "Traceback" not in stderr
     return lines[0]

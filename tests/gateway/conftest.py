@@ -9,10 +9,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any, NamedTuple
 
 import pytest
-
-from gateway.config import ASGIApp, Config
-from gateway.connections.http1 import HTTP1Connection
-from gateway.state import ServerState
+from roomcast.gateway.config import ASGIApp, Config
+from roomcast.gateway.connections.http1 import HTTP1Connection
+from roomcast.gateway.state import ServerState
 
 
 class RunningServer(NamedTuple):
@@ -65,8 +64,8 @@ async def serve() -> AsyncIterator[Serve]:
 
 @pytest.fixture
 def error_log(caplog: pytest.LogCaptureFixture) -> Iterator[pytest.LogCaptureFixture]:
-    """``caplog`` that sees ``gateway.error`` even if logging was configured to not propagate."""
-    logger = logging.getLogger("gateway.error")
+    """``caplog`` that sees ``roomcast.gateway.error`` even if logging was set not to propagate."""
+    logger = logging.getLogger("roomcast.gateway.error")
     saved = logger.level, logger.disabled, logger.propagate
     logger.addHandler(caplog.handler)
     logger.setLevel(logging.DEBUG)

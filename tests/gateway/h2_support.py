@@ -35,8 +35,8 @@ from hyperframe.frame import (
     RstStreamFrame,
     SettingsFrame,
 )
+from roomcast.gateway.config import Receive, Scope, Send
 
-from gateway.config import Receive, Scope, Send
 from tests.gateway import apps
 
 T = TypeVar("T")

@@ -7,9 +7,9 @@ import contextlib
 from dataclasses import dataclass, field
 from typing import Any
 
-from gateway.config import Config, Receive, Scope, Send
-from gateway.connections.http1 import HTTP1Connection
-from gateway.state import ServerState
+from roomcast.gateway.config import Config, Receive, Scope, Send
+from roomcast.gateway.connections.http1 import HTTP1Connection
+from roomcast.gateway.state import ServerState
 
 TIMEOUT = 5.0  # every wait in these tests is bounded
 

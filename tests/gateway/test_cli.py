@@ -1,4 +1,4 @@
-"""The ``gateway`` command line: flags and GATEWAY_* variables into Config, one-line errors."""
+"""The ``gateway`` command line: flags and ROOMCAST_* variables into Config, one-line errors."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ from typing import Any
 import httpx
 import pytest
 from click.testing import CliRunner
+from roomcast.gateway import cli
+from roomcast.gateway.config import Config
 
-from gateway import cli
-from gateway.config import Config
 from tests.gateway.apps import ROOT, GatewayProcess, free_port, one_error_line
 
 
@@ -31,7 +31,7 @@ def invoke(args: list[str], env: dict[str, str] | None = None) -> Any:
 
 def test_help_shows_sections_flags_and_the_env_prefix() -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "gateway", "--help"],
+        [sys.executable, "-m", "roomcast.gateway", "--help"],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -81,9 +81,9 @@ def test_help_shows_sections_flags_and_the_env_prefix() -> None:
         "--log-fmt",
     ):
         assert flag in text, flag
-    assert "GATEWAY_<OPTION>" in text
-    assert "GATEWAY_PORT" in text
-    assert "GATEWAY_WORKERS" in text
+    assert "ROOMCAST_<OPTION>" in text
+    assert "ROOMCAST_PORT" in text
+    assert "ROOMCAST_WORKERS" in text
     for section in ("Where to listen:", "TLS:", "WebSocket:", "Logging:"):
         assert section in text
     assert "default: 8000" in text
@@ -160,21 +160,21 @@ def test_every_flag_reaches_config(captured: list[Config]) -> None:
 
 def test_environment_sets_every_kind_of_option(captured: list[Config]) -> None:
     env = {
-        "GATEWAY_APP": "tests.gateway.apps:hello",
-        "GATEWAY_UNIX_SOCKET": "/tmp/gw.sock",
-        "GATEWAY_WORKERS": "4",
-        "GATEWAY_PROXY_HEADERS": "true",
-        "GATEWAY_FORWARDED_ALLOW_IPS": "*",
-        "GATEWAY_WS_PER_MESSAGE_DEFLATE": "false",
-        "GATEWAY_NO_SERVER_NAME": "1",
-        "GATEWAY_GRACEFUL_TIMEOUT": "2.5",
-        "GATEWAY_LIFESPAN": "off",
-        "GATEWAY_HTTP_TIMEOUT": "30",
-        "GATEWAY_WEBSOCKET_TIMEOUT": "-1",
-        "GATEWAY_WEBSOCKET_CONNECT_TIMEOUT": "2",
-        "GATEWAY_PROXY_HEADERS_HOST": "X-Real-IP",
-        "GATEWAY_PROXY_HEADERS_PORT": "X-Real-Port",
-        "GATEWAY_LOG_FMT": "%(message)s",
+        "ROOMCAST_APP": "tests.gateway.apps:hello",
+        "ROOMCAST_UNIX_SOCKET": "/tmp/gw.sock",
+        "ROOMCAST_WORKERS": "4",
+        "ROOMCAST_PROXY_HEADERS": "true",
+        "ROOMCAST_FORWARDED_ALLOW_IPS": "*",
+        "ROOMCAST_WS_PER_MESSAGE_DEFLATE": "false",
+        "ROOMCAST_NO_SERVER_NAME": "1",
+        "ROOMCAST_GRACEFUL_TIMEOUT": "2.5",
+        "ROOMCAST_LIFESPAN": "off",
+        "ROOMCAST_HTTP_TIMEOUT": "30",
+        "ROOMCAST_WEBSOCKET_TIMEOUT": "-1",
+        "ROOMCAST_WEBSOCKET_CONNECT_TIMEOUT": "2",
+        "ROOMCAST_PROXY_HEADERS_HOST": "X-Real-IP",
+        "ROOMCAST_PROXY_HEADERS_PORT": "X-Real-Port",
+        "ROOMCAST_LOG_FMT": "%(message)s",
     }
     invoke(["--graceful-timeout", "1"], env=env)  # the command line wins over the environment
     (config,) = captured
@@ -224,7 +224,7 @@ def test_loop_choice(loop: str, module: str) -> None:
 
 def test_env_var_sets_the_port() -> None:
     port = free_port()
-    with GatewayProcess("tests.gateway.apps:hello", env={"GATEWAY_PORT": str(port)}) as gateway:
+    with GatewayProcess("tests.gateway.apps:hello", env={"ROOMCAST_PORT": str(port)}) as gateway:
         gateway.wait_listening()
         assert f"Listening on http://127.0.0.1:{port}" in gateway.stderr
         assert httpx.get(f"http://127.0.0.1:{port}/").text == "hello"
@@ -289,7 +289,7 @@ def test_lifespan_startup_failure_is_one_line_and_exit_3() -> None:
         status, stderr = gateway.finish()
     assert status == 3
     assert one_error_line(stderr) == (
-        "gateway: error: application startup failed: database unreachable"
+        "roomcast: error: application startup failed: database unreachable"
     )
 
 

@@ -13,10 +13,10 @@ from typing import Any
 import httpx
 import pytest
 from click.testing import CliRunner
+from roomcast.gateway import cli
+from roomcast.gateway.config import Config, ConfigError, Message, Receive, Scope, Send
 from wsproto.events import CloseConnection
 
-from gateway import cli
-from gateway.config import Config, ConfigError, Message, Receive, Scope, Send
 from tests.gateway.apps import GatewayProcess, free_port, respond
 from tests.gateway.conftest import Serve
 from tests.gateway.h2_support import H2Client
@@ -277,7 +277,8 @@ def test_log_fmt_formats_the_servers_lines() -> None:
         gateway.wait_listening()
         assert httpx.get(f"http://127.0.0.1:{port}/").text == "hello"
         line = next(ln for ln in gateway.stderr.splitlines() if "Listening on" in ln)
-    assert re.fullmatch(r"GW\|INFO\|gateway\.error\|Listening on http://127\.0\.0\.1:\d+", line)
+    pattern = r"GW\|INFO\|roomcast\.gateway\.error\|Listening on http://127\.0\.0\.1:\d+"
+    assert re.fullmatch(pattern, line)
 
 
 # The command line ------------------------------------------------------------------------

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import pytest
-
-from gateway.connections.h1writer import ResponseFramingError, ResponseWriter
+from roomcast.gateway.connections.h1writer import ResponseFramingError, ResponseWriter
 
 
 def writer(

@@ -20,8 +20,8 @@ from typing import Any
 import httpx
 import pytest
 from hyperframe.frame import GoAwayFrame
+from roomcast.gateway.config import Receive, Scope, Send
 
-from gateway.config import Receive, Scope, Send
 from tests.e2e.deploy_support import find_tool
 from tests.gateway import apps
 from tests.gateway.apps import GatewayProcess, free_port

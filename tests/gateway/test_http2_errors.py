@@ -33,8 +33,8 @@ from hyperframe.frame import (
 )
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from roomcast.gateway.config import Config, Receive, Scope, Send
 
-from gateway.config import Config, Receive, Scope, Send
 from tests.gateway import apps
 from tests.gateway.conftest import Serve
 from tests.gateway.h2_support import (

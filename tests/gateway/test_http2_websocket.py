@@ -3,7 +3,7 @@
 The client is h2 over asyncio streams (``h2ws_support``); the WebSocket frames inside the
 stream's DATA are made and parsed by wsproto. The gateway runs in-process (the ``serve``
 fixture: prior-knowledge HTTP/2 is handed from HTTP1Connection to HTTP2Connection), or as a
-``python -m gateway`` process for SIGTERM and the chat example.
+``python -m roomcast.gateway`` process for SIGTERM and the chat example.
 """
 
 from __future__ import annotations
@@ -16,10 +16,10 @@ from typing import Any
 
 import h2.errors
 import h2.settings
+from roomcast.gateway.config import Message as ASGIMessage
+from roomcast.gateway.config import Receive, Scope, Send
 from wsproto.events import BytesMessage, CloseConnection, Message, TextMessage
 
-from gateway.config import Message as ASGIMessage
-from gateway.config import Receive, Scope, Send
 from tests.gateway.apps import GatewayProcess, free_port
 from tests.gateway.conftest import Serve
 from tests.gateway.h2ws_support import (

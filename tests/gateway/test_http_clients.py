@@ -10,8 +10,7 @@ from collections.abc import AsyncIterator
 
 import httpx
 import pytest
-
-from gateway.config import Receive, Scope, Send
+from roomcast.gateway.config import Receive, Scope, Send
 
 from .conftest import Serve
 

@@ -16,8 +16,8 @@ from collections.abc import Iterator
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from roomcast.gateway.config import Config, Receive, Scope, Send
 
-from gateway.config import Config, Receive, Scope, Send
 from tests.gateway.threaded_server import ThreadedServer
 
 from .rawhttp import chunked, feed_connection, request

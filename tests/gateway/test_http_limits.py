@@ -6,8 +6,7 @@ import asyncio
 import contextlib
 
 import pytest
-
-from gateway.config import Message, Receive, Scope, Send
+from roomcast.gateway.config import Message, Receive, Scope, Send
 
 from .conftest import Serve
 from .rawhttp import TIMEOUT, chunked, close, exchange, is_closed, read_response, request

@@ -7,9 +7,8 @@ import socket
 from email.utils import parsedate_to_datetime
 
 import pytest
-
-from gateway.config import Message, Receive, Scope, Send
-from gateway.streams.http import BODY_HIGH_WATER
+from roomcast.gateway.config import Message, Receive, Scope, Send
+from roomcast.gateway.streams.http import BODY_HIGH_WATER
 
 from .conftest import Serve
 from .rawhttp import (

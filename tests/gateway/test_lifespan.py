@@ -8,10 +8,10 @@ from pathlib import Path
 from typing import Literal
 
 import pytest
+from roomcast.gateway.config import Config, Message, Receive, Scope, Send
+from roomcast.gateway.lifespan import Lifespan, LifespanFailure
+from roomcast.gateway.state import ServerState
 
-from gateway.config import Config, Message, Receive, Scope, Send
-from gateway.lifespan import Lifespan, LifespanFailure
-from gateway.state import ServerState
 from tests.gateway import apps
 
 Mode = Literal["auto", "on", "off"]
@@ -78,7 +78,7 @@ async def test_startup_failed_raises_with_the_apps_message(mode: Mode) -> None:
 async def test_shutdown_failed_is_logged(caplog: pytest.LogCaptureFixture) -> None:
     lifespan, _ = make(Recorder(shutdown="failed"))
     await lifespan.startup()
-    with caplog.at_level(logging.INFO, logger="gateway.error"):
+    with caplog.at_level(logging.INFO, logger="roomcast.gateway.error"):
         await lifespan.shutdown()
     assert "Application shutdown failed: could not flush" in caplog.text
 
@@ -87,7 +87,7 @@ async def test_auto_continues_when_the_app_refuses_lifespan(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     lifespan, _ = make(apps.no_lifespan, "auto")
-    with caplog.at_level(logging.INFO, logger="gateway.error"):
+    with caplog.at_level(logging.INFO, logger="roomcast.gateway.error"):
         await lifespan.startup()
     assert not lifespan.running
     assert "ASGI 'lifespan' protocol appears unsupported" in caplog.text

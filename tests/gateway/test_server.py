@@ -1,7 +1,7 @@
 """The server: sockets of every kind, lifespan around serving, graceful drain, signals, workers.
 
 In-process tests run ``Server.serve()`` on port 0 in the test's loop; process tests run
-``python -m gateway`` and talk to it over real sockets.
+``python -m roomcast.gateway`` and talk to it over real sockets.
 """
 
 from __future__ import annotations
@@ -23,10 +23,10 @@ from typing import Any
 import httpx
 import pytest
 import websockets
+from roomcast.gateway.config import ASGIApp, Config, ConfigError
+from roomcast.gateway.logging import configure_logging, log_access
+from roomcast.gateway.server import Server, bind_sockets, close_sockets
 
-from gateway.config import ASGIApp, Config, ConfigError
-from gateway.logging import configure_logging, log_access
-from gateway.server import Server, bind_sockets, close_sockets
 from tests.gateway import apps
 from tests.gateway.apps import (
     MARKER_ENV,
@@ -232,12 +232,14 @@ def test_access_log_lines(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
 
 def test_access_log_is_off_unless_asked_and_verbosity_sets_levels() -> None:
     configure_logging(Config(app="unused:app"))
-    assert not logging.getLogger("gateway.access").isEnabledFor(logging.CRITICAL)
+    assert not logging.getLogger("roomcast.gateway.access").isEnabledFor(logging.CRITICAL)
     expected = {0: logging.WARNING, 1: logging.INFO, 2: logging.DEBUG, 3: logging.DEBUG}
     for verbosity, level in expected.items():
         configure_logging(Config(app="unused:app", verbosity=verbosity))
-        assert logging.getLogger("gateway.error").getEffectiveLevel() == level
-        assert len(logging.getLogger("gateway.error").handlers) == 1  # replaced, not stacked
+        assert logging.getLogger("roomcast.gateway.error").getEffectiveLevel() == level
+        assert (
+            len(logging.getLogger("roomcast.gateway.error").handlers) == 1
+        )  # replaced, not stacked
 
 
 def test_access_log_unwritable_is_a_config_error(tmp_path: Path) -> None:
@@ -390,7 +392,7 @@ def test_workers_that_die_during_the_first_start_up_stop_the_server() -> None:
         status, stderr = gateway.finish()
     assert status == 1
     line = one_error_line(stderr)
-    assert re.fullmatch(r"gateway: error: worker \d exited with code 7 during start-up", line)
+    assert re.fullmatch(r"roomcast: error: worker \d exited with code 7 during start-up", line)
 
 
 def test_workers_that_keep_dying_stop_the_server() -> None:
@@ -399,7 +401,7 @@ def test_workers_that_keep_dying_stop_the_server() -> None:
         status, stderr = gateway.finish(timeout=30)
     assert status == 1
     last = stderr.strip().splitlines()[-1]
-    assert last.startswith("gateway: error: workers keep dying (5 exits within 10 s,"), last
+    assert last.startswith("roomcast: error: workers keep dying (5 exits within 10 s,"), last
     assert last.endswith("exited with code 7)")
     assert stderr.count("restarting it in") == 4
 

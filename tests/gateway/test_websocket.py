@@ -13,12 +13,12 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
+from roomcast.gateway.config import Message, Receive, Scope, Send
+from roomcast.gateway.streams.websocket import QUEUE_HIGH_WATER
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from wsproto.events import CloseConnection, Ping, Pong, TextMessage
 
-from gateway.config import Message, Receive, Scope, Send
-from gateway.streams.websocket import QUEUE_HIGH_WATER
 from tests.gateway.ws_support import (
     OP_BINARY,
     OP_CONT,

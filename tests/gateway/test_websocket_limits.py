@@ -11,16 +11,16 @@ import zlib
 from collections.abc import Iterator
 
 import pytest
+import roomcast.gateway.connections.websocket as ws_connection
+from roomcast.gateway.config import Message, Receive, Scope, Send
+from roomcast.gateway.connections.http1 import HTTP1Connection
+from roomcast.gateway.connections.websocket import BoundedDeflate
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 from wsproto.connection import Connection, ConnectionType
 from wsproto.events import CloseConnection
 from wsproto.events import Message as WSMessage
 
-import gateway.connections.websocket as ws_connection
-from gateway.config import Message, Receive, Scope, Send
-from gateway.connections.http1 import HTTP1Connection
-from gateway.connections.websocket import BoundedDeflate
 from tests.gateway.ws_support import (
     OP_BINARY,
     OP_CONT,

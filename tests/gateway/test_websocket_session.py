@@ -13,6 +13,16 @@ from dataclasses import dataclass, field
 from typing import Any, cast
 
 import pytest
+from roomcast.gateway.config import Config, Receive, Scope, Send
+from roomcast.gateway.connections.websocket import (
+    BoundedDeflate,
+    WebSocketCarrier,
+    WebSocketSession,
+    negotiate_deflate,
+)
+from roomcast.gateway.state import ServerState
+from roomcast.gateway.streams.http import ClientDisconnected
+from roomcast.gateway.streams.websocket import WebSocketStream
 from wsproto.connection import Connection, ConnectionType
 from wsproto.events import (
     BytesMessage,
@@ -23,17 +33,6 @@ from wsproto.events import (
     Pong,
     TextMessage,
 )
-
-from gateway.config import Config, Receive, Scope, Send
-from gateway.connections.websocket import (
-    BoundedDeflate,
-    WebSocketCarrier,
-    WebSocketSession,
-    negotiate_deflate,
-)
-from gateway.state import ServerState
-from gateway.streams.http import ClientDisconnected
-from gateway.streams.websocket import WebSocketStream
 
 LIMIT = 100  # websocket_max_message_size of these sessions
 

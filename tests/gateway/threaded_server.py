@@ -13,9 +13,9 @@ import logging
 import threading
 from typing import Any, Self
 
-from gateway.config import ASGIApp, Config
-from gateway.connections.http1 import HTTP1Connection
-from gateway.state import ServerState
+from roomcast.gateway.config import ASGIApp, Config
+from roomcast.gateway.connections.http1 import HTTP1Connection
+from roomcast.gateway.state import ServerState
 
 
 class _Recorder(logging.Handler):
@@ -49,7 +49,7 @@ class ThreadedServer:
         return self.log.records
 
     def start(self) -> Self:
-        for name in ("asyncio", "gateway.error"):
+        for name in ("asyncio", "roomcast.gateway.error"):
             logging.getLogger(name).addHandler(self.log)
         self._thread.start()
         assert self._ready.wait(10), f"{self._thread.name} did not start"
@@ -84,5 +84,5 @@ class ThreadedServer:
         asyncio.run_coroutine_threadsafe(close(), self.loop).result(10)
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(10)
-        for name in ("asyncio", "gateway.error"):
+        for name in ("asyncio", "roomcast.gateway.error"):
             logging.getLogger(name).removeHandler(self.log)

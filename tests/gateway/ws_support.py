@@ -1,6 +1,7 @@
 """Helpers for the WebSocket tests: an in-process gateway and a raw, misbehaving client.
 
-``gateway_server`` runs :class:`~gateway.connections.http1.HTTP1Connection` on a real loopback
+``gateway_server`` runs :class:`~roomcast.gateway.connections.http1.HTTP1Connection` on a real
+loopback
 socket inside the test's event loop, so a test can look at the server's state
 (``served.state.connections``) while it talks to it. ``RawClient`` speaks the WebSocket
 protocol by hand (frames are built here, the server's frames are parsed by wsproto's client
@@ -18,12 +19,11 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
+from roomcast.gateway.config import ASGIApp, Config, Message, Receive, Scope, Send
+from roomcast.gateway.connections.http1 import HTTP1Connection
+from roomcast.gateway.state import ServerState
 from wsproto.connection import Connection, ConnectionType
 from wsproto.events import BytesMessage, CloseConnection, Event, Ping, TextMessage
-
-from gateway.config import ASGIApp, Config, Message, Receive, Scope, Send
-from gateway.connections.http1 import HTTP1Connection
-from gateway.state import ServerState
 
 WAIT = 5.0  # the bound on every wait in these tests; reached only when something is broken
 

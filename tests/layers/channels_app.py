@@ -1,4 +1,4 @@
-"""A Django Channels project in one file, naming ``layers.redis.RedisChannelLayer`` as its layer.
+"""A Django Channels project in one file, with ``roomcast.layers.redis.RedisChannelLayer``.
 
 Run by ``test_channels_compat.py`` in interpreters of its own, so Django is never configured in
 the pytest process:
@@ -44,7 +44,7 @@ def setup_django(url: str, prefix: str) -> None:
         INSTALLED_APPS=["channels"],
         CHANNEL_LAYERS={
             "default": {
-                "BACKEND": "layers.redis.RedisChannelLayer",
+                "BACKEND": "roomcast.layers.redis.RedisChannelLayer",
                 "CONFIG": {"hosts": [url], "prefix": prefix},
             }
         },
@@ -54,8 +54,7 @@ def setup_django(url: str, prefix: str) -> None:
 
 def layer_info(layer: Any) -> dict[str, Any]:
     from channels.layers import get_channel_layer
-
-    from layers.redis import RedisChannelLayer
+    from roomcast.layers.redis import RedisChannelLayer
 
     return {
         "class": f"{type(layer).__module__}.{type(layer).__qualname__}",

@@ -12,7 +12,7 @@ import asyncio
 import json
 import sys
 
-from layers.redis import RedisChannelLayer
+from roomcast.layers.redis import RedisChannelLayer
 
 
 def emit(record: dict[str, object]) -> None:

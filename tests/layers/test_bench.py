@@ -14,10 +14,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from roomcast.layers.bench import report
+from roomcast.layers.bench.cli import main
+from roomcast.layers.bench.scenarios import Settings, plan
 
-from layers.bench import report
-from layers.bench.cli import main
-from layers.bench.scenarios import Settings, plan
 from tests.redis_server import RedisServer, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -41,7 +41,7 @@ def test_memory_every_scenario(tmp_path: Path, capsys: pytest.CaptureFixture[str
     doc = run_bench(tmp_path, "--layer", "memory://", "--group-sizes", "1,5", "--messages", "40")
     settings = Settings(group_sizes=[1, 5], rounds=1)
     assert len(doc["runs"]) == len(plan(settings))  # fanout 2 + p2p 1 + latency 1 + 2
-    assert doc["targets"][0]["backend"] == "layers.memory.InMemoryChannelLayer"
+    assert doc["targets"][0]["backend"] == "roomcast.layers.memory.InMemoryChannelLayer"
     assert doc["targets"][0]["in_process"] is True
     for run in doc["runs"]:
         assert run["sent"] == 40
@@ -66,13 +66,18 @@ def test_redis_beside_memory(tmp_path: Path, redis_server: RedisServer, redis_pr
     doc = run_bench(
         tmp_path,
         *("--layer", url, "--name", "roomcast redis"),
-        *("--backend", "layers.memory.InMemoryChannelLayer", "--config", '{"capacity": 200}'),
+        *(
+            "--backend",
+            "roomcast.layers.memory.InMemoryChannelLayer",
+            "--config",
+            '{"capacity": 200}',
+        ),
         *("--processes", "2", "--scenarios", "fanout,p2p", "--group-sizes", "3,6"),
         *("--messages", "30", "--senders", "2"),
     )
     assert [t["name"] for t in doc["targets"]] == [
         "roomcast redis",
-        "layers.memory.InMemoryChannelLayer",
+        "roomcast.layers.memory.InMemoryChannelLayer",
     ]
     fanout = runs_of(doc, "roomcast redis", "fanout")
     assert [run["group_size"] for run in fanout] == [3, 6]
@@ -90,7 +95,7 @@ def test_redis_beside_memory(tmp_path: Path, redis_server: RedisServer, redis_pr
     assert p2p["pairs"] == 2
     assert p2p["sent"] == 60  # --messages per pair
     assert p2p["delivered"] == 60
-    memory = runs_of(doc, "layers.memory.InMemoryChannelLayer", "fanout")
+    memory = runs_of(doc, "roomcast.layers.memory.InMemoryChannelLayer", "fanout")
     assert all(run["processes"] == 1 and run["redis"] is None for run in memory)
     ratios = [row["ratio"] for row in doc["summary"] if row["target"] != "roomcast redis"]
     assert all(ratio is not None and ratio > 0 for ratio in ratios)
@@ -173,14 +178,28 @@ def error_line(capsys: pytest.CaptureFixture[str]) -> str:
         (["--layer", "nosuchalias"], 2, "not an alias in CHANNEL_LAYERS"),
         (["--backend", "no.such.Layer"], 2, "cannot import backend 'no.such.Layer'"),
         (
-            ["--backend", "layers.redis.RedisChannelLayer", "--config", '{"capacity": -1}'],
+            [
+                "--backend",
+                "roomcast.layers.redis.RedisChannelLayer",
+                "--config",
+                '{"capacity": -1}',
+            ],
             2,
             "capacity must be a positive int",
         ),
         (["--backend", "json.JSONDecoder"], 2, "is not a channel layer"),
-        (["--backend", "layers.memory.InMemoryChannelLayer", "--config", "{"], 2, "not JSON"),
         (
-            ["--backend", "layers.memory.InMemoryChannelLayer", "--config", '{"capasity": 1}'],
+            ["--backend", "roomcast.layers.memory.InMemoryChannelLayer", "--config", "{"],
+            2,
+            "not JSON",
+        ),
+        (
+            [
+                "--backend",
+                "roomcast.layers.memory.InMemoryChannelLayer",
+                "--config",
+                '{"capasity": 1}',
+            ],
             2,
             "rejected its CONFIG",
         ),
@@ -203,7 +222,7 @@ def test_missing_redis_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
 def test_missing_redis_of_a_backend(capsys: pytest.CaptureFixture[str]) -> None:
     port = free_port()
     config = json.dumps({"hosts": [["127.0.0.1", port]]})
-    args = ["--backend", "layers.redis.RedisChannelLayer", "--config", config, *QUICK]
+    args = ["--backend", "roomcast.layers.redis.RedisChannelLayer", "--config", config, *QUICK]
     assert main(args) == 1
     assert f"cannot reach Redis at 127.0.0.1:{port}" in error_line(capsys)
 
@@ -227,7 +246,7 @@ def test_usage_errors(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_command_line_entry_points() -> None:
-    for module in ("layers.bench", "layers.bench.cli"):
+    for module in ("roomcast.layers.bench", "roomcast.layers.bench.cli"):
         done = subprocess.run(
             [sys.executable, "-m", module, "--help"],
             cwd=ROOT,
@@ -239,7 +258,7 @@ def test_command_line_entry_points() -> None:
         assert done.returncode == 0, done.stderr
         assert "--group-sizes" in done.stdout
     pyproject = (ROOT / "pyproject.toml").read_text()
-    assert 'layer-bench = "layers.bench.cli:main"' in pyproject
+    assert 'layer-bench = "roomcast.layers.bench.cli:main"' in pyproject
 
 
 def test_schema_checker_finds_problems(tmp_path: Path) -> None:

@@ -1,4 +1,4 @@
-"""A Django Channels project can name ``layers.redis.RedisChannelLayer`` as its ``BACKEND``.
+"""A Django Channels project can have ``roomcast.layers.redis.RedisChannelLayer`` as ``BACKEND``.
 
 The project is ``channels_app.py`` beside this file: ``settings.configure(CHANNEL_LAYERS=...)``,
 ``django.setup()``, Channels' own ``AsyncWebsocketConsumer`` and (sync) ``JsonWebsocketConsumer``
@@ -84,7 +84,7 @@ def test_scenario_completes(app: AppRun) -> None:
 
 def test_get_channel_layer_returns_roomcast_layer(app: AppRun) -> None:
     layer = app["layer"]
-    assert layer["class"] == "layers.redis.layer.RedisChannelLayer"
+    assert layer["class"] == "roomcast.layers.redis.layer.RedisChannelLayer"
     assert layer["is_roomcast"]
     assert layer["same_instance"]  # Channels builds one instance per alias and keeps it
     assert layer["prefix"] == app.prefix  # CONFIG reached the constructor

@@ -1,4 +1,4 @@
-"""The channel layer contract of :mod:`layers.base`, run against every backend.
+"""The channel layer contract of :mod:`roomcast.layers.base`, run against every backend.
 
 Each test gets ``layer_factory``: an async ``make(**options)`` that builds a layer of the backend
 under test (in-memory or Redis) and closes it at teardown. Tests that need no options use the
@@ -19,9 +19,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
-
-from layers.base import CHANNEL_NAME_RE
-from layers.exceptions import (
+from roomcast.layers.base import CHANNEL_NAME_RE
+from roomcast.layers.exceptions import (
     ChannelFull,
     InvalidChannelName,
     InvalidGroupName,
@@ -50,13 +49,13 @@ async def layer_factory(request: pytest.FixtureRequest) -> AsyncIterator[Factory
     made: list[Any] = []
     build: Callable[..., Any]
     if request.param == "memory":
-        from layers.memory import InMemoryChannelLayer
+        from roomcast.layers.memory import InMemoryChannelLayer
 
         build = InMemoryChannelLayer
     else:
         server = request.getfixturevalue("redis_server")
         prefix = request.getfixturevalue("redis_prefix")
-        from layers.redis import RedisChannelLayer  # imported lazily: may not exist yet
+        from roomcast.layers.redis import RedisChannelLayer  # imported lazily: may not exist yet
 
         def build(**options: Any) -> Any:
             options.setdefault("hosts", [server.url])

@@ -6,9 +6,9 @@ import asyncio
 import re
 
 from asgiref.sync import async_to_sync
+from roomcast.layers import ChannelFull
+from roomcast.layers.redis import RedisChannelLayer
 
-from layers import ChannelFull
-from layers.redis import RedisChannelLayer
 from tests.redis_server import RedisServer
 
 
@@ -121,7 +121,7 @@ async def test_foreign_bytes_in_our_keys_are_rejected_not_fatal(
 async def test_concurrent_sends_keep_their_order_and_their_answers(
     redis_server: RedisServer, redis_prefix: str
 ) -> None:
-    """Sends made together go out as one pipeline (layers.redis.batching): order kept, each
+    """Sends made together go out as one pipeline (roomcast.layers.redis.batching): order kept, each
     gets its own answer (ChannelFull for exactly those past capacity), each runs once, also
     after the server forgot our scripts."""
     layer = RedisChannelLayer(hosts=[redis_server.url], prefix=redis_prefix, capacity=5)

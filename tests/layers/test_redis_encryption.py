@@ -16,9 +16,9 @@ from typing import Any
 
 import pytest
 from redis.asyncio import Redis
+from roomcast.layers.exceptions import LayerConfigError
+from roomcast.layers.redis import RedisChannelLayer, wire
 
-from layers.exceptions import LayerConfigError
-from layers.redis import RedisChannelLayer, wire
 from tests.redis_server import RedisServer
 
 pytest.importorskip("cryptography")

@@ -7,9 +7,9 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from roomcast.layers import LayerConfigError, LayerConnectionError
+from roomcast.layers.redis import RedisChannelLayer
 
-from layers import LayerConfigError, LayerConnectionError
-from layers.redis import RedisChannelLayer
 from tests.redis_server import RedisServer, SentinelServer, free_port
 from tests.tls_support import self_signed_certificate
 

@@ -1,5 +1,6 @@
-"""The direct-send hot path on its own connections (layers.redis.link, batching, inbox), against
-real redis-server processes: pipelining, read-ahead, forgotten scripts, dead and frozen servers."""
+"""The direct-send hot path on its own connections (roomcast.layers.redis.link, batching,
+inbox), against real redis-server processes: pipelining, read-ahead, forgotten scripts, dead
+and frozen servers."""
 
 from __future__ import annotations
 
@@ -10,12 +11,12 @@ from typing import Any
 
 import pytest
 from redis.exceptions import ConnectionError as RedisConnectionError
+from roomcast.layers import LayerConnectionError
+from roomcast.layers.redis import RedisChannelLayer
+from roomcast.layers.redis.hosts import HostSpec
+from roomcast.layers.redis.link import RespLink
+from roomcast.layers.redis.resp import pack
 
-from layers import LayerConnectionError
-from layers.redis import RedisChannelLayer
-from layers.redis.hosts import HostSpec
-from layers.redis.link import RespLink
-from layers.redis.resp import pack
 from tests.layers.test_redis_design import stat
 from tests.redis_server import RedisServer
 

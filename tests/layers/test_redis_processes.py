@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from roomcast.layers.redis import RedisChannelLayer
 
-from layers.redis import RedisChannelLayer
 from tests.redis_server import RedisServer
 
 ROOT = Path(__file__).resolve().parents[2]

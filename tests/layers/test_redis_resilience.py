@@ -8,9 +8,9 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+from roomcast.layers import ChannelFull, LayerConnectionError
+from roomcast.layers.redis import RedisChannelLayer
 
-from layers import ChannelFull, LayerConnectionError
-from layers.redis import RedisChannelLayer
 from tests.redis_server import RedisServer
 
 

@@ -1,4 +1,4 @@
-"""The hot path's own RESP reader and packer (layers.redis.resp), byte by byte."""
+"""The hot path's own RESP reader and packer (roomcast.layers.redis.resp), byte by byte."""
 
 from __future__ import annotations
 
@@ -6,8 +6,7 @@ from typing import Any
 
 import pytest
 from redis.exceptions import BusyLoadingError, InvalidResponse, NoScriptError, ResponseError
-
-from layers.redis.resp import NOT_READY, ReplyParser, bulk, pack
+from roomcast.layers.redis.resp import NOT_READY, ReplyParser, bulk, pack
 
 # (wire bytes, what the parser hands back); errors are compared by class and message.
 REPLIES: list[tuple[bytes, Any]] = [

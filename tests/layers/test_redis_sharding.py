@@ -9,9 +9,9 @@ from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
+from roomcast.layers.redis import RedisChannelLayer
+from roomcast.layers.redis.sharding import jump_hash, shard_for
 
-from layers.redis import RedisChannelLayer
-from layers.redis.sharding import jump_hash, shard_for
 from tests.redis_server import RedisServer
 
 
@@ -34,7 +34,8 @@ def test_every_process_computes_the_same_shard() -> None:
     names = ["room", "specific.abc!x", "worker.jobs", "0123456789abcdef"]
     here = [shard_for(name, 5) for name in names]
     code = (
-        f"from layers.redis.sharding import shard_for; print([shard_for(n, 5) for n in {names!r}])"
+        "from roomcast.layers.redis.sharding import shard_for; "
+        f"print([shard_for(n, 5) for n in {names!r}])"
     )
     there = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True

@@ -1,4 +1,4 @@
-"""Tests of ``layers.settings``: where CHANNEL_LAYERS comes from and how layers are built.
+"""Tests of ``roomcast.layers.settings``: where CHANNEL_LAYERS comes from and how layers are built.
 
 Django is only ever configured in subprocesses, so this process's Django stays unconfigured.
 Redis URLs are checked on the resolved config dict alone: nothing here connects to Redis.
@@ -18,11 +18,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-import layers.settings as layer_settings
-from layers.exceptions import LayerConfigError
-from layers.memory import InMemoryChannelLayer
-from layers.settings import (
+import roomcast.layers.settings as layer_settings
+from roomcast.layers.exceptions import LayerConfigError
+from roomcast.layers.memory import InMemoryChannelLayer
+from roomcast.layers.settings import (
     DEFAULT_CHANNEL_LAYERS,
     ENV_LAYER_URL,
     ENV_SETTINGS_MODULE,
@@ -110,7 +109,7 @@ def test_settings_module(settings_module: Any, monkeypatch: pytest.MonkeyPatch) 
         """
         CHANNEL_LAYERS = {
             "default": {
-                "BACKEND": "layers.memory.InMemoryChannelLayer",
+                "BACKEND": "roomcast.layers.memory.InMemoryChannelLayer",
                 "CONFIG": {"capacity": 7, "expiry": 5},
             },
         }
@@ -195,7 +194,7 @@ DJANGO_CONFIGURED = """
     import json, sys
     import django.conf
     django.conf.settings.configure(%s)
-    from layers.settings import channel_layers, get_channel_layer
+    from roomcast.layers.settings import channel_layers, get_channel_layer
     layer = get_channel_layer()
     print(json.dumps({
         "configs": channel_layers.configs(),
@@ -208,7 +207,7 @@ DJANGO_CONFIGURED = """
 
 def test_django_configure_wins_over_env() -> None:
     settings = (
-        'CHANNEL_LAYERS={"default": {"BACKEND": "layers.memory.InMemoryChannelLayer",'
+        'CHANNEL_LAYERS={"default": {"BACKEND": "roomcast.layers.memory.InMemoryChannelLayer",'
         ' "CONFIG": {"capacity": 11}}}'
     )
     # Later sources are not even consulted: a broken ROOMCAST_SETTINGS goes unnoticed.
@@ -230,12 +229,12 @@ def test_django_configured_without_channel_layers_falls_through() -> None:
 def test_django_settings_module_env(tmp_path: Path) -> None:
     (tmp_path / "roomcast_django_settings.py").write_text(
         "SECRET_KEY = 'x'\n"
-        "CHANNEL_LAYERS = {'chat': {'BACKEND': 'layers.memory.InMemoryChannelLayer',"
+        "CHANNEL_LAYERS = {'chat': {'BACKEND': 'roomcast.layers.memory.InMemoryChannelLayer',"
         " 'CONFIG': {'capacity': 13}}}\n"
     )
     code = """
         import json
-        from layers.settings import channel_layers
+        from roomcast.layers.settings import channel_layers
         layer = channel_layers.get("chat")
         print(json.dumps({"source": channel_layers.source, "capacity": layer.capacity,
                           "aliases": sorted(channel_layers.configs())}))
@@ -254,8 +253,8 @@ def test_django_settings_module_env(tmp_path: Path) -> None:
 def test_django_settings_module_broken(tmp_path: Path) -> None:
     code = """
         import json
-        from layers.exceptions import LayerConfigError
-        from layers.settings import channel_layers
+        from roomcast.layers.exceptions import LayerConfigError
+        from roomcast.layers.settings import channel_layers
         try:
             channel_layers.configs()
         except LayerConfigError as exc:
@@ -268,7 +267,7 @@ def test_django_settings_module_broken(tmp_path: Path) -> None:
 def test_django_not_imported_when_not_configured() -> None:
     code = """
         import json, sys
-        from layers.settings import channel_layers
+        from roomcast.layers.settings import channel_layers
         channel_layers.get()
         print(json.dumps({"source": channel_layers.source, "django": "django" in sys.modules}))
     """
@@ -282,8 +281,8 @@ def test_one_instance_per_alias(settings_module: Any, monkeypatch: pytest.Monkey
     name = settings_module(
         """
         CHANNEL_LAYERS = {
-            "default": {"BACKEND": "layers.memory.InMemoryChannelLayer"},
-            "other": {"BACKEND": "layers.memory.InMemoryChannelLayer",
+            "default": {"BACKEND": "roomcast.layers.memory.InMemoryChannelLayer"},
+            "other": {"BACKEND": "roomcast.layers.memory.InMemoryChannelLayer",
                       "CONFIG": {"capacity": 2}},
         }
         """
@@ -358,8 +357,8 @@ def test_failed_build_is_not_cached(settings_module: Any, monkeypatch: pytest.Mo
     name = settings_module(
         """
         from typing import Any
-        from layers.exceptions import LayerConfigError
-        from layers.memory import InMemoryChannelLayer
+        from roomcast.layers.exceptions import LayerConfigError
+        from roomcast.layers.memory import InMemoryChannelLayer
 
         calls = []
 
@@ -413,7 +412,10 @@ def test_build_layer_tolerates_test_config_and_missing_config() -> None:
     ("backend", "reason"),
     [
         ("no_such_roomcast_module.Layer", "No module named 'no_such_roomcast_module'"),
-        ("layers.memory.NoSuchLayer", "module 'layers.memory' has no attribute 'NoSuchLayer'"),
+        (
+            "roomcast.layers.memory.NoSuchLayer",
+            "module 'roomcast.layers.memory' has no attribute 'NoSuchLayer'",
+        ),
         ("InMemoryChannelLayer", "not a dotted path"),
     ],
 )
@@ -427,7 +429,7 @@ def test_bad_backend_path(backend: str, reason: str) -> None:
 
 def test_backend_not_a_layer_class() -> None:
     with pytest.raises(LayerConfigError) as info:
-        build_layer("chat", {"BACKEND": "layers.base.LayerCounters"})
+        build_layer("chat", {"BACKEND": "roomcast.layers.base.LayerCounters"})
     assert "CHANNEL_LAYERS['chat']['BACKEND']" in str(info.value)
     assert "not a channel layer class" in str(info.value)
 
@@ -443,8 +445,8 @@ def test_unknown_config_option() -> None:
         build_layer("default", {"BACKEND": MEMORY_BACKEND, "CONFIG": {"capasity": 10}})
     assert str(info.value) == (
         "CHANNEL_LAYERS['default']['CONFIG']: unknown option 'capasity' for "
-        "layers.memory.InMemoryChannelLayer (accepted: capacity, channel_capacity, expiry, "
-        "group_expiry, max_message_size); did you mean 'capacity'?"
+        "roomcast.layers.memory.InMemoryChannelLayer (accepted: capacity, channel_capacity, "
+        "expiry, group_expiry, max_message_size); did you mean 'capacity'?"
     )
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from consumers import AsyncWebsocketConsumer
+from roomcast.consumers import AsyncWebsocketConsumer
 
 from .rooms import group_name, is_room_name
 

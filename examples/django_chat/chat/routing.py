@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from consumers.routing import path
+from roomcast.consumers.routing import path
 
 from . import consumers
 

@@ -20,10 +20,9 @@ django_asgi_app = get_asgi_application()
 from chat.routing import websocket_urlpatterns  # noqa: E402
 from django.conf import settings  # noqa: E402
 from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler  # noqa: E402
-
-from consumers.auth import AuthMiddlewareStack  # noqa: E402
-from consumers.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
-from consumers.security import AllowedHostsOriginValidator  # noqa: E402
+from roomcast.consumers.auth import AuthMiddlewareStack  # noqa: E402
+from roomcast.consumers.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
+from roomcast.consumers.security import AllowedHostsOriginValidator  # noqa: E402
 
 if settings.DEBUG:
     # The admin's CSS and JS, as runserver serves them in DEBUG (behind a proxy in production:

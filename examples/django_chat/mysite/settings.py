@@ -22,8 +22,7 @@ import os
 from pathlib import Path
 
 from django.core.exceptions import ImproperlyConfigured
-
-from layers.settings import layer_config_from_url
+from roomcast.layers.settings import layer_config_from_url
 
 BASE_DIR = Path(__file__).resolve().parent.parent  # examples/django_chat
 
@@ -134,6 +133,6 @@ LOGGING = {
     "handlers": {"stderr": {"class": "logging.StreamHandler"}},
     "loggers": {
         "django": {"handlers": ["stderr"], "level": "WARNING"},
-        "consumers": {"handlers": ["stderr"], "level": "WARNING"},
+        "roomcast.consumers": {"handlers": ["stderr"], "level": "WARNING"},
     },
 }

@@ -36,9 +36,9 @@ def application() -> Any:
 
 
 async def main() -> None:
-    from gateway.config import Config
-    from gateway.connections.http1 import HTTP1Connection
-    from gateway.state import ServerState
+    from roomcast.gateway.config import Config
+    from roomcast.gateway.connections.http1 import HTTP1Connection
+    from roomcast.gateway.state import ServerState
 
     app = application()
     config = Config(app=app)
