@@ -36,7 +36,10 @@ What ``URLRouter`` does, as Channels does it:
   any other scope type raises ``ValueError``.
 
 ``ProtocolTypeRouter`` dispatches on ``scope["type"]`` and ``ChannelNameRouter`` (for workers)
-on ``scope["channel"]``; an unknown value raises ``ValueError`` naming it.
+on ``scope["channel"]``; an unknown value raises ``ValueError`` naming it. The router also
+answers the ``lifespan`` scope: it builds and checks the configured channel layers at
+start-up (see :mod:`.startup`), then hands over to the mapping's own ``"lifespan"``
+application if there is one.
 """
 
 from __future__ import annotations
@@ -48,6 +51,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
 from .middleware import ASGIApp, Receive, Scope, Send, deny
+from .startup import LifespanChecks
 
 __all__ = [
     "ChannelNameRouter",
@@ -322,15 +326,25 @@ def _strip_root_path(full_path: str, root_path: str) -> str | None:
 
 
 class ProtocolTypeRouter:
-    """Dispatches on ``scope["type"]``: ``ProtocolTypeRouter({"http": ..., "websocket": ...})``."""
+    """Dispatches on ``scope["type"]``: ``ProtocolTypeRouter({"http": ..., "websocket": ...})``.
 
-    def __init__(self, application_mapping: Mapping[str, ASGIApp]) -> None:
+    ``check_layers=False`` skips the start-up checks of the channel layers (see the module).
+    """
+
+    def __init__(
+        self, application_mapping: Mapping[str, ASGIApp], *, check_layers: bool = True
+    ) -> None:
         self.application_mapping = dict(application_mapping)
         for kind, app in self.application_mapping.items():
             _check_app(app, f"ProtocolTypeRouter[{kind!r}]")
+        self._lifespan = LifespanChecks(
+            self.application_mapping.get("lifespan"), check_layers=check_layers
+        )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> Any:
         kind = scope["type"]
+        if kind == "lifespan":
+            return await self._lifespan(scope, receive, send)
         application = self.application_mapping.get(kind)
         if application is None:
             known = ", ".join(repr(k) for k in self.application_mapping) or "none"

@@ -193,5 +193,12 @@ class BaseChannelLayer:
     async def flush(self) -> None:
         raise NotImplementedError
 
+    async def check(self) -> None:
+        """Raise :class:`LayerConnectionError` if the layer cannot reach its server right now.
+
+        Run once at start-up (see ``roomcast.consumers.startup``); backends without a server
+        have nothing to check.
+        """
+
     async def close(self) -> None:
         """Release connections and background tasks; the layer may not be used afterwards."""

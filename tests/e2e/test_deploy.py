@@ -54,7 +54,7 @@ from tests.e2e.deploy_support import (
     render_nginx_conf,
     require,
 )
-from tests.gateway.apps import GatewayProcess, free_port
+from tests.gateway.apps import GatewayProcess, free_port, one_error_line
 from tests.redis_server import RedisServer
 
 NGINX = find_tool("nginx", "/usr/sbin/nginx")
@@ -241,18 +241,17 @@ async def test_healthz_on_the_in_memory_layer() -> None:
     assert body["layer"] == "InMemoryChannelLayer"
 
 
-async def test_healthz_reports_a_misconfigured_layer_as_unavailable() -> None:
-    """A typo in the layer URL is a 503 with the error's name, not a 500 or a traceback."""
-    port = free_port()
+def test_a_misconfigured_layer_url_stops_the_gateway_at_startup() -> None:
+    """A typo in the layer URL ends start-up with one line naming it, not a 503 per request."""
     url = f"redis://127.0.0.1:{free_port()}/0?capasity=500"  # sic
     with GatewayProcess(
-        "examples.chat.asgi:application", "-p", str(port), env={"ROOMCAST_LAYER_URL": url}
+        "examples.chat.asgi:application", "-p", str(free_port()), env={"ROOMCAST_LAYER_URL": url}
     ) as gateway:
-        gateway.wait_listening()
-        status, body = await get_health(port)
-        assert (status, body["status"]) == (503, "unavailable"), body
-        assert body["error"], body
-        assert "Traceback" not in gateway.stderr
+        status, stderr = gateway.finish()
+    assert status == 3
+    line = one_error_line(stderr)
+    assert line.startswith("roomcast: error: application startup failed: "), line
+    assert "capasity" in line
 
 
 async def test_healthz_follows_redis_and_drives_the_image_healthcheck(
