@@ -1,5 +1,12 @@
 """roomcast consumers: Channels-style consumers, routing, middleware and test communicators.
 
+Every public module of Channels 4.3 has its counterpart here under Channels' name, so a port is
+the rename ``channels.X`` → ``roomcast.consumers.X`` (``generic.websocket``, ``generic.http``,
+``consumer``, ``routing``, ``layers``, ``auth``, ``sessions``, ``middleware``,
+``security.websocket``, ``db``, ``exceptions``, ``testing``, ``worker``, ``apps``); the table and
+the deliberate differences are in docs/porting.md. This package also exports the names used
+most, for ``from roomcast.consumers import AsyncWebsocketConsumer``.
+
 The test communicators live in :mod:`roomcast.consumers.testing` (as Channels keeps them in
 ``channels.testing``), so importing this package does not load test machinery.
 """
@@ -31,16 +38,9 @@ from .websocket import (
 )
 
 # isort: split
-# Routing, middleware, origin checks, auth (routing, middleware, security, auth) ------------
-from .auth import (
-    AuthMiddleware,
-    AuthMiddlewareStack,
-    CookieMiddleware,
-    SessionMiddleware,
-    SessionMiddlewareStack,
-    TokenAuthMiddleware,
-    get_token,
-)
+# Routing, middleware, origin checks, auth (routing, middleware, security, sessions, auth,
+# tokens) ----------------------------------------------------------------------------------
+from .auth import AuthMiddleware, AuthMiddlewareStack
 from .middleware import BaseMiddleware
 from .routing import (
     ChannelNameRouter,
@@ -52,9 +52,16 @@ from .routing import (
     register_converter,
 )
 from .security import AllowedHostsOriginValidator, OriginValidator, WebsocketDenier
+from .sessions import CookieMiddleware, SessionMiddleware, SessionMiddlewareStack
+from .tokens import TokenAuthMiddleware, get_token
+
+# isort: split
+# Channels' ``channels.DEFAULT_CHANNEL_LAYER`` ---------------------------------------------
+from roomcast.layers.settings import DEFAULT_CHANNEL_LAYER
 
 __all__ = [
     # consumers (base, websocket, http, exceptions)
+    "DEFAULT_CHANNEL_LAYER",
     "AcceptConnection",
     "AsyncConsumer",
     "AsyncHttpConsumer",

@@ -9,21 +9,22 @@ Control flow (raise them from a handler):
 Errors:
 
 * :class:`InvalidChannelLayerError`: a consumer needs a channel layer (it has ``groups``) and
-  has none, or the layer lacks the ``groups`` extension.
+  has none, or the layer lacks the ``groups`` extension; also the base class of the layers'
+  ``LayerConfigError`` (a wrong ``CHANNEL_LAYERS``), as Channels raises it for those.
 * :class:`UndecodableFrame`: a JSON consumer got a frame it cannot decode; handed to
   ``receive_json_error()`` (see :mod:`roomcast.consumers.websocket`), not raised at the server.
 * :class:`RequestAborted` / :class:`RequestTimeout`: Channels' names, for code that catches
   them; roomcast's consumers do not raise them.
 
-:class:`ChannelFull` and :class:`MessageTooLarge` are the channel layer's own
-(:mod:`roomcast.layers.exceptions`), re-exported here because Channels has them in this module, so
-an
-``except ChannelFull`` written against ``channels.exceptions`` catches what our layers raise.
+:class:`ChannelFull`, :class:`MessageTooLarge` and :class:`InvalidChannelLayerError` are
+defined with the channel layers (:mod:`roomcast.layers.exceptions`) and re-exported here because
+Channels has them in this module, so an ``except ChannelFull`` written against
+``channels.exceptions`` catches what our layers raise.
 """
 
 from __future__ import annotations
 
-from roomcast.layers.exceptions import ChannelFull, MessageTooLarge
+from roomcast.layers.exceptions import ChannelFull, InvalidChannelLayerError, MessageTooLarge
 
 __all__ = [
     "AcceptConnection",
@@ -48,10 +49,6 @@ class AcceptConnection(Exception):
 
 class DenyConnection(Exception):
     """Raised in a WebSocket consumer's ``connect()`` to refuse the connection (HTTP 403)."""
-
-
-class InvalidChannelLayerError(ValueError):
-    """The consumer needs a channel layer (with the ``groups`` extension) and has none."""
 
 
 class RequestAborted(Exception):

@@ -44,6 +44,7 @@ application if there is one.
 
 from __future__ import annotations
 
+import importlib
 import logging
 import re
 import uuid
@@ -62,6 +63,7 @@ __all__ = [
     "RouteNotFound",
     "RoutePattern",
     "URLRouter",
+    "get_default_application",
     "path",
     "re_path",
     "register_converter",
@@ -439,3 +441,38 @@ class ChannelNameRouter:
                 f"(configured: {known})"
             )
         return await application(scope, receive, send)
+
+
+# -- Django's ASGI_APPLICATION ----------------------------------------------------------------
+
+
+def get_default_application() -> ASGIApp:
+    """The application named by Django's ``ASGI_APPLICATION`` setting (Channels' function).
+
+    ``ASGI_APPLICATION = "mysite.asgi.application"`` imports ``mysite.asgi`` and returns its
+    ``application``. Anything wrong raises Django's ``ImproperlyConfigured`` naming the setting;
+    an error inside the module is chained (Channels hides it), so its traceback shows the cause.
+    """
+    from django.conf import settings
+    from django.core.exceptions import ImproperlyConfigured
+
+    value = getattr(settings, "ASGI_APPLICATION", None)
+    if not isinstance(value, str) or "." not in value:
+        raise ImproperlyConfigured(
+            f"Cannot find ASGI_APPLICATION setting (a dotted path such as "
+            f"'mysite.asgi.application'; got {value!r})."
+        )
+    module_path, name = value.rsplit(".", 1)
+    try:
+        module = importlib.import_module(module_path)
+    except ImportError as exc:
+        raise ImproperlyConfigured(
+            f"Cannot import ASGI_APPLICATION module {module_path!r}: {exc}"
+        ) from exc
+    try:
+        application: ASGIApp = getattr(module, name)
+    except AttributeError:
+        raise ImproperlyConfigured(
+            f"Cannot find {name!r} in ASGI_APPLICATION module {module_path!r}"
+        ) from None
+    return application

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import fnmatch
 import re
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -153,9 +154,26 @@ class BaseChannelLayer:
             )
         return True
 
-    # Channels' spelling of the same checks, for code written against its base class.
-    valid_channel_name = require_valid_channel_name
-    valid_group_name = require_valid_group_name
+    # Channels' deprecated spellings of the same checks (Channels 4.2 deprecated them), kept for
+    # code written against its base class: they warn, then check exactly as the new names do.
+
+    def valid_channel_name(self, channel_name: Any, receive: bool = False) -> bool:
+        """Deprecated: use :meth:`require_valid_channel_name` (``DeprecationWarning``)."""
+        warnings.warn(
+            "valid_channel_name is deprecated, use require_valid_channel_name instead.",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return self.require_valid_channel_name(channel_name)
+
+    def valid_group_name(self, group_name: Any) -> bool:
+        """Deprecated: use :meth:`require_valid_group_name` (``DeprecationWarning``)."""
+        warnings.warn(
+            "valid_group_name is deprecated, use require_valid_group_name instead.",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return self.require_valid_group_name(group_name)
 
     def valid_channel_names(self, names: list[str], receive: bool = False) -> bool:
         if not isinstance(names, list):

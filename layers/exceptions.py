@@ -39,8 +39,18 @@ class UndecodableMessage(LayerError, ValueError):
     """Bytes that arrived are not a message this layer can read (wrong key, corrupt)."""
 
 
-class LayerConfigError(LayerError, ValueError):
-    """A ``CHANNEL_LAYERS`` entry or a layer option is wrong."""
+class InvalidChannelLayerError(ValueError):
+    """A channel layer is configured incorrectly, or missing where one is needed.
+
+    Channels' name (``channels.exceptions.InvalidChannelLayerError``), defined here so that
+    ``except InvalidChannelLayerError`` written against Channels catches every
+    :class:`LayerConfigError`; ``roomcast.consumers.exceptions`` re-exports it.
+    """
+
+
+class LayerConfigError(LayerError, InvalidChannelLayerError):
+    """A ``CHANNEL_LAYERS`` entry or a layer option is wrong (a ``ValueError``, and Channels'
+    :class:`InvalidChannelLayerError`)."""
 
 
 class LayerConnectionError(LayerError, ConnectionError):

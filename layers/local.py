@@ -188,6 +188,18 @@ class LocalChannels:
                     del self._channels[name]
                 raise
 
+    def buffered(self, now: float) -> dict[str, list[tuple[float, Payload]]]:
+        """Introspection: every channel holding unexpired messages -> them, oldest first.
+
+        Reads only: nothing is taken, dropped or counted.
+        """
+        found: dict[str, list[tuple[float, Payload]]] = {}
+        for name, channel in self._channels.items():
+            items = [item for item in channel.buffer if item[0] >= now]
+            if items:
+                found[name] = items
+        return found
+
     def discard(self, name: str) -> None:
         """Forget a channel's buffered messages (its receivers keep waiting)."""
         channel = self._channels.get(name)
@@ -255,6 +267,13 @@ class LocalGroups:
             if not members:
                 del self._groups[group]
         return live
+
+    def joined(self, group: str, now: float) -> dict[str, float]:
+        """Introspection: the live members of ``group`` -> when each last joined (the clock
+        passed to :meth:`add`), in first-joining order; lapsed ones are skipped, not removed."""
+        cutoff = now - self.expiry
+        members = self._groups.get(group, {})
+        return {channel: added for channel, added in members.items() if added >= cutoff}
 
     def clear(self) -> None:
         self._groups.clear()

@@ -10,6 +10,14 @@ mutable dict and the layer refuses exactly what the Redis layer refuses.
 Semantics beyond :mod:`roomcast.layers.base`: a ``send`` and a ``group_send`` from one sender to one
 channel also keep their order (both are appended to the same buffer at call time). Nothing
 survives the process.
+
+Introspection, with the shapes of Channels' ``InMemoryChannelLayer`` (tests and some apps read
+them): ``layer.groups`` maps each group with live members to ``{channel: time joined}`` (in
+``time.time()`` seconds, in joining order) and ``layer.channels`` maps each channel holding
+undelivered messages to them (:class:`BufferedMessages`, read like Channels' queue:
+``qsize()``, ``empty()``, ``full()``, ``maxsize``). Both are read-only views computed on each
+access (a lapsed membership or an expired message is not shown); change the layer through its
+methods (Channels' own tests ``del`` entries; that is refused here with ``TypeError``).
 """
 
 from __future__ import annotations
@@ -17,7 +25,7 @@ from __future__ import annotations
 import re
 import secrets
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from .base import BaseChannelLayer
@@ -26,6 +34,92 @@ from .local import LocalChannels, LocalGroups, shareable, unpack
 from .serializers import DEFAULT_MAX_MESSAGE_SIZE, MessageCodec
 
 RECEIVABLE_CACHE = 65536  # channel names whose check receive() remembers, at most
+# The layer keeps time.monotonic(); introspection shows time.time(), as Channels stores it. One
+# offset for the process, so that the same moment always reads as the same number.
+_WALL_OFFSET = time.time() - time.monotonic()
+
+
+class BufferedMessages(tuple[tuple[float, dict[str, Any]], ...]):
+    """One channel's undelivered messages, oldest first, as ``(expires_at, message)`` pairs
+    (``expires_at`` in ``time.time()`` seconds): a snapshot read like Channels' queue."""
+
+    maxsize: int
+
+    def __new__(
+        cls, items: Iterator[tuple[float, dict[str, Any]]], maxsize: int
+    ) -> BufferedMessages:
+        snapshot = super().__new__(cls, items)
+        snapshot.maxsize = maxsize
+        return snapshot
+
+    def qsize(self) -> int:
+        return len(self)
+
+    def empty(self) -> bool:
+        return not self
+
+    def full(self) -> bool:
+        return len(self) >= self.maxsize
+
+
+class _ChannelsView(Mapping[str, BufferedMessages]):
+    """``layer.channels``: channel -> its undelivered messages (read-only, live)."""
+
+    def __init__(self, layer: InMemoryChannelLayer) -> None:
+        self._layer = layer
+
+    def _buffered(self) -> dict[str, list[tuple[float, Any]]]:
+        return self._layer._channels.buffered(time.monotonic())
+
+    def __getitem__(self, channel: str) -> BufferedMessages:
+        items = self._buffered()[channel]  # KeyError: nothing waits there
+        decode = self._layer._codec.decode
+        return BufferedMessages(
+            ((expires + _WALL_OFFSET, unpack(payload, decode)) for expires, payload in items),
+            self._layer.get_capacity(channel),
+        )
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._buffered())
+
+    def __len__(self) -> int:
+        return len(self._buffered())
+
+    def __contains__(self, channel: object) -> bool:
+        return channel in self._buffered()
+
+    def __repr__(self) -> str:
+        return f"<channels of {self._layer!r}: {sorted(self)}>"
+
+
+class _GroupsView(Mapping[str, dict[str, float]]):
+    """``layer.groups``: group -> {channel: time.time() it joined} (read-only, live)."""
+
+    def __init__(self, layer: InMemoryChannelLayer) -> None:
+        self._layer = layer
+
+    def _joined(self, group: object) -> dict[str, float]:
+        if not isinstance(group, str):
+            return {}
+        return self._layer._groups.joined(group, time.monotonic())
+
+    def __getitem__(self, group: str) -> dict[str, float]:
+        members = self._joined(group)
+        if not members:
+            raise KeyError(group)
+        return {channel: joined + _WALL_OFFSET for channel, joined in members.items()}
+
+    def __iter__(self) -> Iterator[str]:
+        return iter([group for group in list(self._layer._groups) if self._joined(group)])
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+    def __contains__(self, group: object) -> bool:
+        return bool(self._joined(group))
+
+    def __repr__(self) -> str:
+        return f"<groups of {self._layer!r}: {sorted(self)}>"
 
 
 class InMemoryChannelLayer(BaseChannelLayer):
@@ -51,6 +145,16 @@ class InMemoryChannelLayer(BaseChannelLayer):
         self._channels = LocalChannels(self.get_capacity, self.counters)
         self._groups = LocalGroups(self.group_expiry)
         self._receivable: set[str] = set()  # names receive() has checked (a bounded cache)
+
+    @property
+    def channels(self) -> Mapping[str, BufferedMessages]:
+        """Channel -> its undelivered messages, as Channels' ``channels`` (see the module)."""
+        return _ChannelsView(self)
+
+    @property
+    def groups(self) -> Mapping[str, dict[str, float]]:
+        """Group -> ``{channel: time.time() joined}``, as Channels' ``groups`` (see the module)."""
+        return _GroupsView(self)
 
     async def send(self, channel: str, message: dict[str, Any]) -> None:
         self.require_valid_channel_name(channel)

@@ -83,7 +83,7 @@ DEFAULT_CHANNEL_LAYERS: dict[str, dict[str, Any]] = {
 }
 """What is used when no source defines ``CHANNEL_LAYERS``."""
 
-_ENTRY_KEYS = ("BACKEND", "CONFIG", "TEST_CONFIG")  # TEST_CONFIG: Channels', tolerated, unused
+_ENTRY_KEYS = ("BACKEND", "CONFIG", "TEST_CONFIG")  # TEST_CONFIG: for make_test_backend only
 
 
 def _to_float(text: str) -> float:
@@ -258,9 +258,11 @@ def _import_backend(alias: str, path: Any) -> type[BaseChannelLayer]:
     return cast("type[BaseChannelLayer]", backend)
 
 
-def _check_options(alias: str, path: str, backend: type, config: Mapping[str, Any]) -> None:
+def _check_options(
+    alias: str, path: str, backend: type, config: Mapping[str, Any], config_key: str
+) -> None:
     """Every key of ``config`` must be a keyword the backend's constructor accepts."""
-    where = f"CHANNEL_LAYERS[{alias!r}]['CONFIG']"
+    where = f"CHANNEL_LAYERS[{alias!r}][{config_key!r}]"
     try:
         signature = inspect.signature(backend)
     except (TypeError, ValueError):  # pragma: no cover - a constructor with no signature
@@ -286,14 +288,18 @@ def _check_options(alias: str, path: str, backend: type, config: Mapping[str, An
         raise LayerConfigError(f"{where}: {exc} (for {path})") from None
 
 
-def build_layer(alias: str, entry: Mapping[str, Any]) -> BaseChannelLayer:
+def build_layer(
+    alias: str, entry: Mapping[str, Any], *, config_key: str = "CONFIG"
+) -> BaseChannelLayer:
     """A new layer from one ``CHANNEL_LAYERS`` entry (``{"BACKEND": ..., "CONFIG": {...}}``).
 
     ``alias`` is used only in error messages. The entry is checked before anything is built:
-    its keys (``BACKEND``, ``CONFIG``, and Channels' ``TEST_CONFIG``, which is ignored), that
-    ``BACKEND`` imports and is a layer class (Channels' layer methods), and that every ``CONFIG``
-    key is a keyword its constructor takes. A :class:`LayerConfigError` raised by the
-    constructor (a bad option value) is re-raised with the alias in front.
+    its keys (``BACKEND``, ``CONFIG`` and Channels' ``TEST_CONFIG``), that ``BACKEND`` imports
+    and is a layer class (Channels' layer methods), and that every key of the options is a
+    keyword its constructor takes. The options are ``entry[config_key]``: ``CONFIG``, or
+    ``TEST_CONFIG`` for :meth:`ChannelLayerManager.make_test_backend` (which must then be
+    there). A :class:`LayerConfigError` raised by the constructor (a bad option value) is
+    re-raised with the alias in front.
     """
     where = f"CHANNEL_LAYERS[{alias!r}]"
     if not isinstance(entry, Mapping):
@@ -309,23 +315,32 @@ def build_layer(alias: str, entry: Mapping[str, Any]) -> BaseChannelLayer:
         raise LayerConfigError(
             f"{where} has no 'BACKEND'; for example {{'BACKEND': {MEMORY_BACKEND!r}}}"
         )
+    if config_key not in ("CONFIG", "TEST_CONFIG"):
+        raise ValueError(f"config_key must be 'CONFIG' or 'TEST_CONFIG', got {config_key!r}")
+    if config_key == "TEST_CONFIG" and "TEST_CONFIG" not in entry:
+        raise LayerConfigError(
+            f"{where} has no 'TEST_CONFIG' (make_test_backend builds the layer from it; "
+            f"for example 'TEST_CONFIG': {{'expiry': 1}})"
+        )
     path = entry["BACKEND"]
     backend = _import_backend(alias, path)
-    config = entry.get("CONFIG")
+    config = entry.get(config_key)
     if config is None:
         config = {}
     if not isinstance(config, Mapping):
         raise LayerConfigError(
-            f"{where}['CONFIG'] must be a dict of options, got {type(config).__name__}"
+            f"{where}[{config_key!r}] must be a dict of options, got {type(config).__name__}"
         )
     for key in config:
         if not isinstance(key, str):
-            raise LayerConfigError(f"{where}['CONFIG']: option names must be str, got {key!r}")
-    _check_options(alias, path, backend, config)
+            raise LayerConfigError(
+                f"{where}[{config_key!r}]: option names must be str, got {key!r}"
+            )
+    _check_options(alias, path, backend, config, config_key)
     try:
         return backend(**config)
     except LayerConfigError as exc:
-        raise LayerConfigError(f"{where}['CONFIG']: {exc}") from exc
+        raise LayerConfigError(f"{where}[{config_key!r}]: {exc}") from exc
 
 
 # Finding CHANNEL_LAYERS ------------------------------------------------------------------
@@ -415,6 +430,17 @@ class ChannelLayerManager:
     ``CHANNEL_LAYERS`` is resolved once, on first need, and kept until :meth:`reset`. A failed
     resolution or build is not remembered: the next call tries again. Safe to use from several
     threads (one instance per alias even under a race).
+
+    **Django's ``override_settings``.** Once the settings have been read with Django
+    configured, the registry listens to Django's ``setting_changed`` signal, as Channels' does:
+    a change of ``CHANNEL_LAYERS`` (``override_settings`` entering or leaving, pytest-django's
+    ``settings`` fixture) resets it, so the next :func:`get_channel_layer` builds from the new
+    value. Layers built before are dropped, not closed. Without Django nothing is imported and
+    nothing listens.
+
+    Channels' API is here too: ``configs`` and ``backends`` (the resolved setting and the
+    layers built so far), ``alias in channel_layers``, ``channel_layers[alias]``,
+    :meth:`set`, :meth:`make_backend` and :meth:`make_test_backend`.
     """
 
     def __init__(self) -> None:
@@ -427,11 +453,19 @@ class ChannelLayerManager:
         with self._lock:
             if self._configs is None:
                 self._configs, self._source = resolve_channel_layers()
+                _follow_django_settings(self)
             return self._configs
 
+    @property
     def configs(self) -> dict[str, Any]:
-        """The resolved ``CHANNEL_LAYERS`` dict (a shallow copy)."""
+        """The resolved ``CHANNEL_LAYERS`` dict (a shallow copy), as Channels' property."""
         return dict(self._load())
+
+    @property
+    def backends(self) -> dict[str, BaseChannelLayer]:
+        """The layers built (or :meth:`set`) so far, by alias (a copy), as Channels' attribute."""
+        with self._lock:
+            return dict(self._layers)
 
     @property
     def source(self) -> str:
@@ -440,24 +474,47 @@ class ChannelLayerManager:
             self._load()
             return self._source
 
+    def _entry(self, alias: str) -> Any:
+        configs = self._load()
+        if alias not in configs:
+            configured = ", ".join(repr(a) for a in configs) or "none"
+            raise LayerConfigError(
+                f"no channel layer {alias!r} in CHANNEL_LAYERS (from {self._source}); "
+                f"configured: {configured}"
+            )
+        return configs[alias]
+
     def get(self, alias: str = DEFAULT_CHANNEL_LAYER) -> BaseChannelLayer:
         """The layer for ``alias``, built on first call and the same object afterwards."""
         with self._lock:
             layer = self._layers.get(alias)
             if layer is not None:
                 return layer
-            configs = self._load()
-            if alias not in configs:
-                configured = ", ".join(repr(a) for a in configs) or "none"
-                raise LayerConfigError(
-                    f"no channel layer {alias!r} in CHANNEL_LAYERS (from {self._source}); "
-                    f"configured: {configured}"
-                )
-            layer = build_layer(alias, configs[alias])
+            layer = build_layer(alias, self._entry(alias))
             self._layers[alias] = layer
             return layer
 
     __getitem__ = get
+
+    def __contains__(self, alias: object) -> bool:
+        """Whether ``CHANNEL_LAYERS`` configures ``alias``."""
+        return alias in self._load()
+
+    def make_backend(self, alias: str) -> BaseChannelLayer:
+        """A new layer from ``alias``'s ``CONFIG``, not registered (Channels' method)."""
+        with self._lock:
+            entry = self._entry(alias)
+        return build_layer(alias, entry)
+
+    def make_test_backend(self, alias: str) -> BaseChannelLayer:
+        """A new layer from ``alias``'s ``TEST_CONFIG``, not registered (Channels' method).
+
+        Raises :class:`LayerConfigError` (an ``InvalidChannelLayerError``, as in Channels) if
+        the entry has no ``TEST_CONFIG``.
+        """
+        with self._lock:
+            entry = self._entry(alias)
+        return build_layer(alias, entry, config_key="TEST_CONFIG")
 
     def set(self, alias: str, layer: BaseChannelLayer) -> BaseChannelLayer | None:
         """Use ``layer`` for ``alias`` (tests); returns the layer it replaces, if one was built."""
@@ -476,6 +533,31 @@ class ChannelLayerManager:
             self._layers.clear()
             self._configs = None
             self._source = ""
+
+    def _setting_changed(self, *, setting: str, **kwargs: Any) -> None:
+        """Django's ``setting_changed`` receiver: ``CHANNEL_LAYERS`` changed, start afresh."""
+        if setting == "CHANNEL_LAYERS":
+            self.reset()
+
+
+def _follow_django_settings(manager: ChannelLayerManager) -> None:
+    """Connect ``manager`` to Django's ``setting_changed`` if Django is loaded and configured.
+
+    Never imports Django on its own: only if something (``_from_django``, the project)
+    already imported ``django.conf``. Connecting again is a no-op (Django keys a bound method
+    by its object and function); the receiver is held weakly, so a dropped manager is
+    disconnected.
+    """
+    if "django.conf" not in sys.modules:
+        return
+    try:
+        from django.conf import settings
+        from django.core.signals import setting_changed
+    except ImportError:  # pragma: no cover - django.conf is loaded, so Django is there
+        return
+    if not settings.configured:
+        return
+    setting_changed.connect(manager._setting_changed)
 
 
 channel_layers = ChannelLayerManager()

@@ -348,7 +348,7 @@ def _django_scenario(tmp: str) -> dict[str, Any]:
     from django.http import parse_cookie as django_parse_cookie
     from django.test import Client
     from roomcast.consumers.auth import AuthMiddlewareStack, SessionMiddlewareStack, login, logout
-    from roomcast.consumers.auth import _in_db_thread as in_db_thread
+    from roomcast.consumers.db import database_sync_to_async
 
     call_command("migrate", verbosity=0, interactive=False)
     alice = DjangoUser.objects.create_user("alice", password="pw")
@@ -396,7 +396,7 @@ def _django_scenario(tmp: str) -> dict[str, Any]:
         # login() on a WebSocket, then save the session, then come back with its cookie
         async def do_login(scope: Scope) -> None:
             await login(scope, alice)
-            await in_db_thread(scope["session"].save)
+            await database_sync_to_async(scope["session"].save)()
 
         scope = await connect_as([], do_login)
         results["after_login"] = describe(scope["user"])
@@ -420,7 +420,8 @@ def _django_scenario(tmp: str) -> dict[str, Any]:
         [set_cookie] = [v.decode() for k, v in start["headers"] if k == b"set-cookie"]
         results["http_set_cookie"] = set_cookie
         saved_key = inner.scope["session"].session_key
-        results["http_saved"] = await in_db_thread(lambda: SessionStore(saved_key).load())
+        load = database_sync_to_async(lambda: SessionStore(saved_key).load())
+        results["http_saved"] = await load()
 
         # HTTP: an unmodified session sets no cookie
         start, _ = await run(SessionMiddlewareStack(Inner()), scope_for("http"))

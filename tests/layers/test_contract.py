@@ -691,3 +691,135 @@ async def test_valid_config_is_accepted(layer_factory: Factory) -> None:
     assert layer.get_capacity("plain") == 7
     await layer.send("plain", {"type": "test.ok"})
     assert await recv(layer, "plain") == {"type": "test.ok"}
+
+
+# Channels' deprecated name checks -------------------------------------------------------------
+
+
+async def test_deprecated_valid_channel_name_warns_then_checks(layer: Any) -> None:
+    with pytest.warns(DeprecationWarning, match="valid_channel_name is deprecated"):
+        assert layer.valid_channel_name("valid-channel") is True
+    with (
+        pytest.warns(DeprecationWarning, match="valid_channel_name"),
+        pytest.raises(InvalidChannelName) as info,
+    ):
+        layer.valid_channel_name("¯\\_(ツ)_/¯")
+    assert isinstance(info.value, TypeError)
+
+
+async def test_deprecated_valid_group_name_warns_then_checks(layer: Any) -> None:
+    with pytest.warns(DeprecationWarning, match="valid_group_name is deprecated"):
+        assert layer.valid_group_name("valid-group") is True
+    with (
+        pytest.warns(DeprecationWarning, match="valid_group_name"),
+        pytest.raises(InvalidGroupName) as info,
+    ):
+        layer.valid_group_name("a" * 101)
+    assert isinstance(info.value, TypeError)
+
+
+def test_deprecated_checks_point_at_the_caller() -> None:
+    from roomcast.layers.base import BaseChannelLayer
+
+    with pytest.warns(DeprecationWarning, match="require_valid_channel_name") as record:
+        BaseChannelLayer().valid_channel_name("chat")
+    assert record[0].filename == __file__
+
+
+# The in-memory layer's introspection (Channels' ``channels`` and ``groups``) -------------------
+
+
+async def test_memory_groups_has_channels_shape() -> None:
+    import time
+
+    from roomcast.layers.memory import InMemoryChannelLayer
+
+    layer = InMemoryChannelLayer()
+    assert layer.groups == {}
+    before = time.time()
+    await layer.group_add("room", "chan-b")
+    await layer.group_add("room", "chan-a")
+    await layer.group_add("other", "chan-a")
+    after = time.time()
+    assert sorted(layer.groups) == ["other", "room"]
+    assert len(layer.groups) == 2
+    assert "room" in layer.groups
+    assert "nowhere" not in layer.groups
+    members = layer.groups["room"]
+    assert list(members) == ["chan-b", "chan-a"]  # joining order, as a dict keeps it
+    assert len(layer.groups["room"]) == 2
+    assert all(before - 1 <= joined <= after + 1 for joined in members.values())
+    await layer.group_add("room", "chan-b")  # a renewal keeps the place
+    assert list(layer.groups["room"]) == ["chan-b", "chan-a"]
+    await layer.group_discard("room", "chan-b")
+    await layer.group_discard("other", "chan-a")
+    assert layer.groups == {"room": {"chan-a": layer.groups["room"]["chan-a"]}}
+    with pytest.raises(KeyError):
+        layer.groups["other"]  # no members left: gone, as in Channels
+    with pytest.raises(TypeError):
+        del layer.groups["room"]  # type: ignore[attr-defined]
+    await layer.flush()
+    assert layer.groups == {}
+
+
+async def test_memory_groups_hide_lapsed_memberships() -> None:
+    from roomcast.layers.memory import InMemoryChannelLayer
+
+    layer = InMemoryChannelLayer(group_expiry=0.2)
+    await layer.group_add("room", "chan-a")
+    assert "room" in layer.groups
+    await asyncio.sleep(0.4)
+    assert "room" not in layer.groups
+    assert layer.groups == {}
+
+
+async def test_memory_channels_has_channels_shape() -> None:
+    from roomcast.layers.memory import BufferedMessages, InMemoryChannelLayer
+
+    layer = InMemoryChannelLayer(capacity=3)
+    assert layer.channels == {}
+    await layer.send("test-channel-1", {"type": "test.message", "text": "Ahoy-hoy!"})
+    await layer.send("test-channel-1", {"type": "test.message", "text": "again"})
+    assert "test-channel-1" in layer.channels
+    assert len(layer.channels) == 1
+    queue = layer.channels["test-channel-1"]
+    assert isinstance(queue, BufferedMessages)
+    assert (queue.qsize(), queue.empty(), queue.full(), queue.maxsize) == (2, False, False, 3)
+    assert [message["text"] for _, message in queue] == ["Ahoy-hoy!", "again"]
+    queue[0][1]["text"] = "changed"  # a snapshot: the layer's copy is untouched
+    assert (await recv(layer, "test-channel-1"))["text"] == "Ahoy-hoy!"
+    assert "test-channel-1" in layer.channels  # not removed because not empty
+    assert (await recv(layer, "test-channel-1"))["text"] == "again"
+    assert "test-channel-1" not in layer.channels  # removed because empty
+    for _ in range(3):
+        await layer.send("full", {"type": "test.message"})
+    assert layer.channels["full"].full()
+    with pytest.raises(TypeError):
+        del layer.channels["full"]  # type: ignore[attr-defined]
+    await layer.flush()
+    assert len(layer.channels) == 0
+
+
+async def test_memory_channels_hide_expired_messages() -> None:
+    from roomcast.layers.memory import InMemoryChannelLayer
+
+    layer = InMemoryChannelLayer(expiry=0.2)
+    await layer.send("test-channel-1", {"type": "message.1"})
+    assert len(layer.channels) == 1
+    await asyncio.sleep(0.4)
+    assert len(layer.channels) == 0
+    with pytest.raises(KeyError):
+        layer.channels["test-channel-1"]
+
+
+async def test_memory_channels_expiry_is_wall_clock() -> None:
+    import time
+
+    from roomcast.layers.memory import InMemoryChannelLayer
+
+    layer = InMemoryChannelLayer(expiry=60)
+    before = time.time()
+    await layer.send("c", {"type": "m"})
+    [(expires, message)] = layer.channels["c"]
+    assert message == {"type": "m"}
+    assert before + 59 <= expires <= time.time() + 61

@@ -93,7 +93,7 @@ def run_python(code: str, *, env: dict[str, str] | None = None) -> Any:
 def test_default_is_in_memory() -> None:
     layer = get_channel_layer()
     assert type(layer) is InMemoryChannelLayer
-    assert channel_layers.configs() == DEFAULT_CHANNEL_LAYERS
+    assert channel_layers.configs == DEFAULT_CHANNEL_LAYERS
     assert channel_layers.source == "the built-in default"
 
 
@@ -140,7 +140,7 @@ def test_settings_module_without_channel_layers(
     name = settings_module("DEBUG = True\n")
     monkeypatch.setenv(ENV_SETTINGS_MODULE, name)
     with pytest.raises(LayerConfigError) as info:
-        channel_layers.configs()
+        assert channel_layers.configs is None  # never reached: reading it raises
     assert ENV_SETTINGS_MODULE in str(info.value)
     assert name in str(info.value)
     assert "has no CHANNEL_LAYERS" in str(info.value)
@@ -166,7 +166,7 @@ def test_layer_url_memory(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_layer_url_redis_resolves_without_connecting(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(ENV_LAYER_URL, "redis://cache:6379/2?prefix=chat&expiry=30")
-    assert channel_layers.configs() == {
+    assert channel_layers.configs == {
         "default": {
             "BACKEND": REDIS_BACKEND,
             "CONFIG": {"hosts": ["redis://cache:6379/2"], "prefix": "chat", "expiry": 30.0},
@@ -185,7 +185,7 @@ def test_layer_url_bad_scheme(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_empty_env_vars_count_as_unset(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(ENV_SETTINGS_MODULE, "")
     monkeypatch.setenv(ENV_LAYER_URL, "  ")
-    assert channel_layers.configs() == DEFAULT_CHANNEL_LAYERS
+    assert channel_layers.configs == DEFAULT_CHANNEL_LAYERS
 
 
 # Django (in subprocesses) ------------------------------------------------------------------
@@ -197,7 +197,7 @@ DJANGO_CONFIGURED = """
     from roomcast.layers.settings import channel_layers, get_channel_layer
     layer = get_channel_layer()
     print(json.dumps({
-        "configs": channel_layers.configs(),
+        "configs": channel_layers.configs,
         "source": channel_layers.source,
         "capacity": layer.capacity,
         "type": type(layer).__name__,
@@ -237,7 +237,7 @@ def test_django_settings_module_env(tmp_path: Path) -> None:
         from roomcast.layers.settings import channel_layers
         layer = channel_layers.get("chat")
         print(json.dumps({"source": channel_layers.source, "capacity": layer.capacity,
-                          "aliases": sorted(channel_layers.configs())}))
+                          "aliases": sorted(channel_layers.configs)}))
     """
     out = run_python(
         code,
@@ -256,7 +256,7 @@ def test_django_settings_module_broken(tmp_path: Path) -> None:
         from roomcast.layers.exceptions import LayerConfigError
         from roomcast.layers.settings import channel_layers
         try:
-            channel_layers.configs()
+            channel_layers.configs
         except LayerConfigError as exc:
             print(json.dumps(str(exc)))
     """
@@ -320,12 +320,12 @@ def test_reset_forgets_layers_and_rereads_config(monkeypatch: pytest.MonkeyPatch
     first = get_channel_layer()
     monkeypatch.setenv(ENV_LAYER_URL, "memory://?capacity=4")
     assert get_channel_layer() is first  # config is read once, until reset
-    assert channel_layers.configs() == DEFAULT_CHANNEL_LAYERS
+    assert channel_layers.configs == DEFAULT_CHANNEL_LAYERS
     channel_layers.reset()
     second = get_channel_layer()
     assert second is not first
     assert second.capacity == 4
-    assert channel_layers.configs()["default"]["CONFIG"] == {"capacity": 4}
+    assert channel_layers.configs["default"]["CONFIG"] == {"capacity": 4}
 
 
 def test_set_replaces_layer() -> None:
@@ -339,8 +339,8 @@ def test_set_replaces_layer() -> None:
 
 
 def test_configs_returns_a_copy() -> None:
-    channel_layers.configs()["default"] = {"BACKEND": "nope.Nope"}
-    assert channel_layers.configs() == DEFAULT_CHANNEL_LAYERS
+    channel_layers.configs["default"] = {"BACKEND": "nope.Nope"}
+    assert channel_layers.configs == DEFAULT_CHANNEL_LAYERS
 
 
 def test_unknown_alias_lists_configured(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -647,3 +647,196 @@ def test_channels_redis_pubsub_layer_is_accepted() -> None:
         },
     )
     assert type(layer).__name__ == "RedisPubSubChannelLayer"
+
+
+# Channels' registry API: configs, backends, in, make_backend, make_test_backend ------------
+
+TWO_LAYERS = """
+    CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "roomcast.layers.memory.InMemoryChannelLayer",
+            "CONFIG": {"capacity": 7},
+            "TEST_CONFIG": {"expiry": 100500},
+        },
+        "plain": {"BACKEND": "roomcast.layers.memory.InMemoryChannelLayer"},
+    }
+"""
+
+
+def test_contains_and_backends(settings_module: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(ENV_SETTINGS_MODULE, settings_module(TWO_LAYERS))
+    assert "default" in channel_layers
+    assert "plain" in channel_layers
+    assert "chat" not in channel_layers
+    assert channel_layers.backends == {}
+    layer = get_channel_layer()
+    assert channel_layers.backends == {"default": layer}
+    channel_layers.backends.clear()  # a copy: the registry keeps its layer
+    assert get_channel_layer() is layer
+
+
+def test_make_backend_builds_a_new_unregistered_layer(
+    settings_module: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(ENV_SETTINGS_MODULE, settings_module(TWO_LAYERS))
+    registered = get_channel_layer()
+    made = channel_layers.make_backend("default")
+    assert made is not registered
+    assert made.capacity == 7
+    assert made.expiry == 60  # CONFIG, not TEST_CONFIG
+    assert get_channel_layer() is registered
+    with pytest.raises(LayerConfigError, match="no channel layer 'chat'"):
+        channel_layers.make_backend("chat")
+
+
+def test_make_test_backend_uses_test_config(
+    settings_module: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(ENV_SETTINGS_MODULE, settings_module(TWO_LAYERS))
+    layer = channel_layers.make_test_backend("default")
+    assert layer.expiry == 100500
+    assert layer.capacity == 100  # TEST_CONFIG replaces CONFIG, as in Channels
+    assert channel_layers.backends == {}
+
+
+def test_make_test_backend_without_test_config_is_channels_error(
+    settings_module: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from roomcast.consumers.exceptions import InvalidChannelLayerError
+
+    monkeypatch.setenv(ENV_SETTINGS_MODULE, settings_module(TWO_LAYERS))
+    with pytest.raises(InvalidChannelLayerError) as info:
+        channel_layers.make_test_backend("plain")
+    assert isinstance(info.value, LayerConfigError)
+    assert "CHANNEL_LAYERS['plain'] has no 'TEST_CONFIG'" in str(info.value)
+
+
+def test_test_config_is_checked_like_config() -> None:
+    entry = {"BACKEND": MEMORY_BACKEND, "TEST_CONFIG": {"capasity": 1}}
+    with pytest.raises(LayerConfigError) as info:
+        build_layer("default", entry, config_key="TEST_CONFIG")
+    assert "CHANNEL_LAYERS['default']['TEST_CONFIG']: unknown option 'capasity'" in str(info.value)
+    assert "did you mean 'capacity'?" in str(info.value)
+    assert build_layer("default", entry).capacity == 100  # CONFIG builds ignore TEST_CONFIG
+
+
+def test_every_config_error_is_channels_invalid_channel_layer_error() -> None:
+    from roomcast.consumers.exceptions import InvalidChannelLayerError
+
+    with pytest.raises(InvalidChannelLayerError, match=r"cannot import 'nope\.Nope'"):
+        build_layer("default", {"BACKEND": "nope.Nope"})
+    assert issubclass(LayerConfigError, ValueError)
+
+
+# override_settings (Django, in a subprocess) ------------------------------------------------
+
+OVERRIDE_SETTINGS = """
+    import json
+    import django
+    from django.conf import settings
+    settings.configure(CHANNEL_LAYERS={
+        "default": {"BACKEND": "roomcast.layers.memory.InMemoryChannelLayer",
+                    "CONFIG": {"capacity": 3}},
+    })
+    django.setup()
+    from django.test import override_settings
+    from roomcast.layers.settings import channel_layers, get_channel_layer
+
+    MEMORY = "roomcast.layers.memory.InMemoryChannelLayer"
+    out = {}
+    before = get_channel_layer()
+    out["before"] = before.capacity
+    # Add an alias: visible inside, gone outside.
+    with override_settings(CHANNEL_LAYERS={
+        "default": {"BACKEND": MEMORY, "CONFIG": {"capacity": 3}},
+        "extra": {"BACKEND": MEMORY, "CONFIG": {"capacity": 9}},
+    }):
+        out["entered_empty"] = channel_layers.backends == {}
+        out["extra"] = get_channel_layer("extra").capacity
+        out["default_is_new"] = get_channel_layer() is not before
+        out["built_inside"] = sorted(channel_layers.backends)
+    out["left_empty"] = channel_layers.backends == {}
+    out["extra_after"] = "extra" in channel_layers
+    out["after"] = get_channel_layer().capacity
+    # Swap the Redis layer of a project's settings for the in-memory one, as tests do.
+    with override_settings(CHANNEL_LAYERS={"default": {"BACKEND": MEMORY}}):
+        out["swapped"] = type(get_channel_layer()).__name__
+        out["swapped_capacity"] = get_channel_layer().capacity
+    # Another setting changing leaves the layers alone.
+    kept = get_channel_layer()
+    with override_settings(DEBUG=True):
+        out["other_setting_keeps"] = get_channel_layer() is kept
+    print(json.dumps(out))
+"""
+
+
+def test_override_settings_resets_the_registry() -> None:
+    out = run_python(OVERRIDE_SETTINGS)
+    assert out == {
+        "before": 3,
+        "entered_empty": True,
+        "extra": 9,
+        "default_is_new": True,
+        "built_inside": ["default", "extra"],
+        "left_empty": True,
+        "extra_after": False,
+        "after": 3,
+        "swapped": "InMemoryChannelLayer",
+        "swapped_capacity": 100,
+        "other_setting_keeps": True,
+    }
+
+
+def test_override_settings_swaps_a_redis_project_to_memory(tmp_path: Path) -> None:
+    """A project's settings name the Redis layer (never reached); a TestCase swaps it out."""
+    (tmp_path / "redis_project_settings.py").write_text(
+        "SECRET_KEY = 'x'\n"
+        "INSTALLED_APPS = []\n"
+        "DATABASES = {}\n"
+        "CHANNEL_LAYERS = {'default': {'BACKEND': 'roomcast.layers.redis.RedisChannelLayer',"
+        " 'CONFIG': {'hosts': ['redis://127.0.0.1:1/0']}}}\n"
+    )
+    (tmp_path / "test_swap.py").write_text(
+        textwrap.dedent(
+            """
+            from django.test import SimpleTestCase, override_settings
+            from roomcast.layers.settings import get_channel_layer
+
+            MEMORY = {"default": {"BACKEND": "roomcast.layers.memory.InMemoryChannelLayer"}}
+
+
+            class Outside(SimpleTestCase):
+                def test_project_layer(self):
+                    self.assertEqual(type(get_channel_layer()).__name__, "RedisChannelLayer")
+
+
+            @override_settings(CHANNEL_LAYERS=MEMORY)
+            class Swapped(SimpleTestCase):
+                def test_memory_layer(self):
+                    self.assertEqual(type(get_channel_layer()).__name__, "InMemoryChannelLayer")
+            """
+        )
+    )
+    code = """
+        import json, sys, unittest
+        import django
+        django.setup()
+        from django.test.utils import get_runner
+        from django.conf import settings
+        suite = unittest.defaultTestLoader.loadTestsFromNames(
+            ["test_swap.Outside", "test_swap.Swapped", "test_swap.Outside"])
+        result = unittest.TextTestRunner(stream=sys.stderr, verbosity=2).run(suite)
+        print(json.dumps({"run": result.testsRun, "ok": result.wasSuccessful()}))
+    """
+    env = {"DJANGO_SETTINGS_MODULE": "redis_project_settings", "PYTHONPATH": str(tmp_path)}
+    assert run_python(code, env=env) == {"run": 3, "ok": True}
+
+
+def test_no_signal_without_django() -> None:
+    code = """
+        import json, sys
+        from roomcast.layers.settings import channel_layers, get_channel_layer
+        get_channel_layer(); channel_layers.make_backend("default")
+        print(json.dumps(sorted(m for m in sys.modules if m.split(".")[0] == "django")))
+    """
+    assert run_python(code) == []

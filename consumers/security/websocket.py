@@ -1,5 +1,7 @@
 """Origin checks: ``OriginValidator``, ``AllowedHostsOriginValidator``, ``WebsocketDenier``.
 
+Channels' ``channels.security.websocket``; ``roomcast.consumers.security`` exports the same names.
+
 Browsers send an ``Origin`` header with every WebSocket handshake and let any page open a
 WebSocket to any site, so a WebSocket endpoint that relies on cookies must check it (cross-site
 WebSocket hijacking)::
@@ -49,11 +51,11 @@ from collections.abc import Iterable
 from typing import Any, NamedTuple
 from urllib.parse import ParseResult, urlparse
 
-from .middleware import ASGIApp, BaseMiddleware, Receive, Scope, Send, deny
+from ..middleware import ASGIApp, BaseMiddleware, Receive, Scope, Send, deny
 
 __all__ = ["AllowedHostsOriginValidator", "OriginValidator", "WebsocketDenier"]
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("roomcast.consumers.security")  # the name documented above
 
 _DEFAULT_PORTS = {"http": 80, "ws": 80, "https": 443, "wss": 443}
 _DEBUG_HOSTS = ["localhost", "127.0.0.1", "[::1]"]

@@ -19,6 +19,16 @@ encoded (latin-1) and lowercased, as a server would. ``HttpCommunicator`` sends 
 in one ``http.request`` message unless the test already sent the request with ``send_input``
 (a body in parts, or a long-poll the test answers before collecting it); ``receive_output``
 reads a streamed response part by part.
+
+**Django's database.** The application runs inside
+:func:`roomcast.consumers.db.keep_connections`, so ``database_sync_to_async`` in a consumer
+does not close the connection that holds a Django ``TestCase``'s transaction (Channels 4.2+
+behaves the same): objects the test created are visible to the consumer, and the test can go on
+querying afterwards.
+
+``ChannelsLiveServerTestCase`` (:mod:`roomcast.consumers.testing.live`) serves the project's
+ASGI application on a real gateway for browser tests; it needs Django and is imported only when
+asked for. Nothing here needs ``channels`` or ``daphne``.
 """
 
 # Channels' API takes ``timeout`` arguments; they bound each wait, as asyncio.timeout would.
@@ -29,14 +39,33 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Iterable
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import unquote, urlparse
 
+from asgiref.compatibility import guarantee_single_callable
 from asgiref.testing import ApplicationCommunicator as _AsgirefCommunicator
 
-from .base import ASGIApp, Message, Scope
+from ..base import ASGIApp, Message, Receive, Scope, Send
+from ..db import keep_connections
 
-__all__ = ["ApplicationCommunicator", "HttpCommunicator", "WebsocketCommunicator"]
+if TYPE_CHECKING:
+    from .live import ChannelsLiveServerTestCase
+
+__all__ = [
+    "ApplicationCommunicator",
+    "ChannelsLiveServerTestCase",
+    "HttpCommunicator",
+    "WebsocketCommunicator",
+]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "ChannelsLiveServerTestCase":  # needs Django: imported on first use only
+        from .live import ChannelsLiveServerTestCase
+
+        return ChannelsLiveServerTestCase
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 HeaderPairs = Iterable[tuple[bytes | str, bytes | str]]
 
@@ -50,6 +79,17 @@ def _header_list(headers: HeaderPairs | None) -> list[tuple[bytes, bytes]]:
         raw_value = value.encode("latin-1") if isinstance(value, str) else value
         result.append((raw_name.lower(), raw_value))
     return result
+
+
+def _keeping_connections(application: ASGIApp) -> ASGIApp:
+    """``application``, run inside ``keep_connections()`` (see the module docstring)."""
+    app = guarantee_single_callable(application)  # type: ignore[no-untyped-call]
+
+    async def run(scope: Scope, receive: Receive, send: Send) -> Any:
+        with keep_connections():
+            return await app(scope, receive, send)
+
+    return run
 
 
 def _path_scope(path: str) -> dict[str, Any]:
@@ -72,7 +112,7 @@ class ApplicationCommunicator(_AsgirefCommunicator):
     _future: Any = None  # so that __del__ works on an instance whose __init__ raised
 
     def __init__(self, application: ASGIApp, scope: Scope) -> None:
-        super().__init__(application, scope)  # type: ignore[no-untyped-call]
+        super().__init__(_keeping_connections(application), scope)  # type: ignore[no-untyped-call]
 
     async def send_input(self, message: Message) -> None:
         """Give the application one message."""
