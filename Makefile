@@ -31,7 +31,7 @@ test: $(BIN)/python redis-server test-tools
 # into build/typecheck/roomcast/ first, because mypy knows nothing of setuptools' package-dir.
 typecheck: $(BIN)/python
 	@rm -rf build/typecheck && mkdir -p build/typecheck/roomcast
-	@for f in roomcast/*.py roomcast/py.typed; do ln -s "$(CURDIR)/$$f" build/typecheck/roomcast/; done
+	@for f in roomcast/*; do [ "$${f##*/}" = __pycache__ ] || ln -s "$(CURDIR)/$$f" build/typecheck/roomcast/; done
 	@for d in gateway layers consumers; do ln -s "$(CURDIR)/$$d" build/typecheck/roomcast/$$d; done
 	$(BIN)/mypy
 

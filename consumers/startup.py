@@ -42,7 +42,7 @@ async def check_channel_layers() -> None:
     Raises :class:`LayerConfigError` (naming alias and key) for a configuration that cannot
     work; an unreachable server is logged as one warning per layer and not raised.
     """
-    for alias in channel_layers.configs():
+    for alias in channel_layers.configs:
         layer = channel_layers.get(alias)
         try:
             await layer.check()
