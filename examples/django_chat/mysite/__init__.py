@@ -1,1 +1,1 @@
-"""The Django project of the Django chat example (the Channels tutorial, served by gateway)."""
+"""The Django project of the Django chat example (the Channels tutorial, on roomcast)."""

@@ -1,8 +1,10 @@
-"""The ASGI application: ``gateway mysite.asgi:application`` (from this directory).
+"""The ASGI application (``ASGI_APPLICATION``): ``python manage.py runserver`` serves it in
+development, ``roomcast serve mysite.asgi:application`` in production.
 
 HTTP goes to Django (pages, login, admin); WebSockets to the chat consumers, behind an origin
 check (``ALLOWED_HOSTS``) and the Django session's user in ``scope["user"]``. This is the
-Channels tutorial's ``asgi.py`` with roomcast's imports.
+Channels tutorial's ``asgi.py`` with roomcast's imports. The static files are not served
+here: runserver adds them in DEBUG, as Django's runserver does.
 """
 
 from __future__ import annotations
@@ -18,16 +20,9 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "mysite.settings")
 django_asgi_app = get_asgi_application()
 
 from chat.routing import websocket_urlpatterns  # noqa: E402
-from django.conf import settings  # noqa: E402
-from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler  # noqa: E402
 from roomcast.consumers.auth import AuthMiddlewareStack  # noqa: E402
 from roomcast.consumers.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from roomcast.consumers.security import AllowedHostsOriginValidator  # noqa: E402
-
-if settings.DEBUG:
-    # The admin's CSS and JS, as runserver serves them in DEBUG (behind a proxy in production:
-    # collectstatic). Django's handler streams the files without blocking the event loop.
-    django_asgi_app = ASGIStaticFilesHandler(django_asgi_app)
 
 application = ProtocolTypeRouter(
     {

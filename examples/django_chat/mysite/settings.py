@@ -51,7 +51,11 @@ ALLOWED_HOSTS = [
     if host.strip()
 ]
 
+# "roomcast" first, above django.contrib.staticfiles (as Daphne asks for "daphne"): its
+# runserver (roomcast's gateway, with WebSockets) then wins over staticfiles' WSGI one, and
+# `manage.py runworker` is roomcast's worker.
 INSTALLED_APPS = [
+    "roomcast",
     "django.contrib.admin",
     "django.contrib.auth",
     "django.contrib.contenttypes",
@@ -88,11 +92,12 @@ TEMPLATES = [
     },
 ]
 
-# Served by gateway: HTTP goes to Django's get_asgi_application(), WebSockets to the consumers.
+# What `manage.py runserver` serves (and `roomcast serve mysite.asgi:application` in
+# production): HTTP goes to Django's get_asgi_application(), WebSockets to the consumers.
 ASGI_APPLICATION = "mysite.asgi.application"
 
-# In memory by default (one gateway process); with ROOMCAST_LAYER_URL=redis://127.0.0.1:6379/0
-# several gateway processes share the rooms through Redis.
+# In memory by default (one server process); with ROOMCAST_LAYER_URL=redis://127.0.0.1:6379/0
+# several server processes share the rooms through Redis.
 CHANNEL_LAYERS = layer_config_from_url(
     os.environ.get("ROOMCAST_LAYER_URL", "").strip() or "memory://"
 )
@@ -120,13 +125,14 @@ TIME_ZONE = "UTC"
 USE_I18N = True
 USE_TZ = True
 
-# The admin's CSS and JS: mysite/asgi.py serves them in DEBUG; otherwise run collectstatic.
+# The admin's CSS and JS: `manage.py runserver` serves them in DEBUG (or with --insecure);
+# in production run collectstatic and serve STATIC_ROOT from the proxy.
 STATIC_URL = "static/"
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
-# Request errors on stderr in any mode (Django's default shows them only in DEBUG); gateway's
-# own log lines are configured by gateway and left alone.
+# Request errors on stderr in any mode (Django's default shows them only in DEBUG); the
+# server's own log lines (roomcast.gateway.*) are configured by the server and left alone.
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,

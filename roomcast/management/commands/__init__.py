@@ -1,0 +1,1 @@
+"""roomcast's management commands: ``runserver`` (the gateway) and ``runworker`` (the worker)."""
