@@ -112,11 +112,15 @@ async def state(scope: Scope, receive: Receive, send: Send) -> None:
 
 
 async def slow(scope: Scope, receive: Receive, send: Send) -> None:
-    """Answers after ``?delay=SECONDS`` (default 0.5): a request still in flight at shutdown."""
+    """Answers after ``?delay=SECONDS`` (default 0.5): a request still in flight at shutdown.
+
+    ``&mark=1`` marks ``request`` when the app has it, so a test knows it is in flight."""
     if scope["type"] == "lifespan":
         await lifespan(scope, receive, send)
         return
     query = parse_qs(scope["query_string"].decode())
+    if query.get("mark"):
+        mark("request")
     delay = float(query.get("delay", ["0.5"])[0])
     await asyncio.sleep(delay)
     await respond(send, b"done after %.2f" % delay)

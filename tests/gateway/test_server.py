@@ -274,8 +274,12 @@ def test_sigint_drains_and_a_second_signal_exits_at_once(marker: Path) -> None:
     with GatewayProcess("tests.gateway.apps:slow", "-p", str(port)) as gateway:
         gateway.wait_listening()
         # A request in flight: the first signal waits for it (up to --graceful-timeout 30 s).
-        with in_thread(httpx.get, f"http://127.0.0.1:{port}/?delay=30", timeout=60) as result:
-            time.sleep(0.3)
+        url = f"http://127.0.0.1:{port}/?delay=30&mark=1"
+        with in_thread(httpx.get, url, timeout=60) as result:
+            deadline = time.monotonic() + 15
+            while "request" not in marks(marker):
+                assert time.monotonic() < deadline, "the request never reached the app"
+                time.sleep(0.02)
             gateway.signal(signal.SIGINT)
             gateway.wait_for("Shutting down")
             time.sleep(0.2)
@@ -285,7 +289,7 @@ def test_sigint_drains_and_a_second_signal_exits_at_once(marker: Path) -> None:
             assert gateway.wait(timeout=5) == 0
             assert time.monotonic() - started < 3
         assert isinstance(result[0], httpx.HTTPError)
-    assert marks(marker) == ["startup"]  # a forced exit skips the lifespan shutdown
+    assert marks(marker) == ["startup", "request"]  # a forced exit skips the lifespan shutdown
 
 
 def test_unix_socket(tmp_path: Path) -> None:
