@@ -62,7 +62,7 @@ from roomcast.layers.settings import DEFAULT_CHANNEL_LAYER, get_channel_layer
 
 from .base import ASGIApp, Message, Scope
 
-__all__ = ["Worker", "WorkerConfigError", "main"]
+__all__ = ["Worker", "WorkerConfigError", "main", "serve_until_stopped"]
 
 logger = logging.getLogger("roomcast.consumers.worker")
 
@@ -475,7 +475,7 @@ def main(
     except (WorkerConfigError, LayerConfigError) as exc:
         fail(str(exc))
     try:
-        asyncio.run(_serve(worker, layer))
+        asyncio.run(serve_until_stopped(worker, layer))
     except KeyboardInterrupt:  # Ctrl-C before the signal handlers were in place
         sys.exit(130)
     except Exception as exc:
@@ -483,7 +483,9 @@ def main(
         fail(f"worker failed: {type(exc).__name__}: {exc}")
 
 
-async def _serve(worker: Worker, layer: BaseChannelLayer) -> None:
+async def serve_until_stopped(worker: Worker, layer: BaseChannelLayer) -> None:
+    """Run ``worker`` until SIGTERM/SIGINT; ``layer`` is closed on the way out (its
+    connections, its tasks). What ``roomcast worker`` and ``manage.py runworker`` run."""
     try:
         await worker.serve()
     finally:

@@ -16,7 +16,6 @@ in-memory layer a worker only sees messages sent inside its own process: that is
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from typing import Any
 
@@ -27,8 +26,8 @@ from roomcast.consumers.worker import (
     Worker,
     WorkerConfigError,
     configure_logging,
+    serve_until_stopped,
 )
-from roomcast.layers import BaseChannelLayer
 from roomcast.layers.exceptions import InvalidChannelName, LayerConfigError
 from roomcast.layers.memory import InMemoryChannelLayer
 from roomcast.layers.settings import DEFAULT_CHANNEL_LAYER, get_channel_layer
@@ -89,16 +88,7 @@ class Command(BaseCommand):  # type: ignore[misc]  # Django is untyped here
                 )
             )
         try:
-            asyncio.run(_serve(worker, layer))
+            asyncio.run(serve_until_stopped(worker, layer))
         except Exception as exc:
             logger.critical("Worker failed", exc_info=exc)
             raise CommandError(f"worker failed: {type(exc).__name__}: {exc}") from None
-
-
-async def _serve(worker: Worker, layer: BaseChannelLayer) -> None:
-    """Until SIGTERM/SIGINT; the layer is closed on the way out (its connections, its tasks)."""
-    try:
-        await worker.serve()
-    finally:
-        with contextlib.suppress(Exception):
-            await layer.close()
