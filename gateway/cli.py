@@ -271,6 +271,14 @@ LISTEN, TLS, APP, PROXY, HTTP, WS, LOG = GROUPS[:7]
     help="On SIGTERM/SIGINT, how long requests in flight may take before being cut.",
 )
 @option(
+    "--loop-lag-threshold",
+    group=APP,
+    type=SECONDS,
+    default=_DEFAULTS["loop_lag_threshold"],
+    metavar="SECONDS",
+    help="Warn when the event loop is blocked this long (an app that never yields); 0: off.",
+)
+@option(
     "--proxy-headers",
     group=PROXY,
     is_flag=True,
@@ -535,6 +543,7 @@ def build_config(options: dict[str, Any]) -> Config:
         proxy_headers_host=options["proxy_headers_host"],
         proxy_headers_port=options["proxy_headers_port"],
         log_fmt=options["log_fmt"],
+        loop_lag_threshold=options["loop_lag_threshold"],
     )
 
 

@@ -84,6 +84,7 @@ class Config:
     proxy_headers_host: str = "X-Forwarded-For"  # with proxy_headers: the client's address
     proxy_headers_port: str = "X-Forwarded-Port"  # with proxy_headers: the client's port
     log_fmt: str = LOG_FORMAT  # logging format of roomcast.gateway.error (not the access log)
+    loop_lag_threshold: float = 1.0  # seconds the loop may be blocked before a warning; 0: off
 
     def __post_init__(self) -> None:
         for name in ("port", "workers", "backlog", "limit_request_body", "limit_request_head"):

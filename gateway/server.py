@@ -8,7 +8,10 @@ is already open during the app's start-up, so early clients queue instead of bei
 Shutdown: the first signal stops accepting, asks each connection to finish
 (``Connection.shutdown``), waits up to ``graceful_timeout`` for them to go, aborts the rest,
 cancels tasks left over and runs the lifespan shutdown. A second signal skips the waiting and
-the lifespan shutdown.
+the lifespan shutdown. The signal handlers are Python-level ones, so they run even while an
+application blocks the loop; the :mod:`~roomcast.gateway.watchdog` thread then ends the
+process if the loop is still blocked past the graceful timeout (and warns, meanwhile, about a
+loop blocked longer than ``loop_lag_threshold``).
 """
 
 from __future__ import annotations
@@ -23,12 +26,14 @@ import socket
 import stat
 import threading
 from collections.abc import Callable, Coroutine, Sequence
+from types import FrameType
 from typing import Any
 
 from roomcast.gateway.config import ASGIApp, Config, ConfigError
 from roomcast.gateway.lifespan import Lifespan
 from roomcast.gateway.logging import configure_logging
 from roomcast.gateway.state import Connection, ServerState
+from roomcast.gateway.watchdog import LoopWatchdog
 
 logger = logging.getLogger("roomcast.gateway.error")
 
@@ -58,6 +63,8 @@ class Server:
         self.handled_signals = HANDLED_SIGNALS
         self.sockets: list[socket.socket] = []
         self.servers: list[asyncio.Server] = []
+        self.watchdog: LoopWatchdog | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     def run(self, sockets: Sequence[socket.socket] | None = None) -> None:
         """Serve until stopped. Raises ConfigError or LifespanFailure for the CLI to report."""
@@ -79,8 +86,10 @@ class Server:
         ssl_context = config.ssl_context()
         own_sockets = sockets is None
         self.sockets = bind_sockets(config) if sockets is None else list(sockets)
-        loop = asyncio.get_running_loop()
-        installed = self._install_signal_handlers(loop)
+        loop = self._loop = asyncio.get_running_loop()
+        self.watchdog = LoopWatchdog(loop, config.loop_lag_threshold, config.graceful_timeout)
+        self.watchdog.start()
+        installed = self._install_signal_handlers()
         lifespan = Lifespan(app, config, self.state)
         try:
             if not await self._until_exit(lifespan.startup()):
@@ -110,8 +119,9 @@ class Server:
                 await self._until_exit(lifespan.shutdown(), force_only=True)
                 await lifespan.cancel()
         finally:
-            for sig in installed:
-                loop.remove_signal_handler(sig)
+            for sig, previous in installed:
+                signal.signal(sig, previous)
+            self.watchdog.stop()
             for server in self.servers:
                 server.close()
             if own_sockets:
@@ -176,14 +186,21 @@ class Server:
         if tasks:
             await asyncio.wait(tasks, timeout=CANCEL_GRACE)
 
-    def _install_signal_handlers(self, loop: asyncio.AbstractEventLoop) -> list[signal.Signals]:
+    def _install_signal_handlers(self) -> list[tuple[signal.Signals, Any]]:
+        """Python-level handlers, not ``loop.add_signal_handler``: those run only when the
+        loop turns, these between two bytecodes even while an app blocks the loop, so the
+        watchdog learns of the stop (see :mod:`roomcast.gateway.watchdog`)."""
         if not self.install_signal_handlers:
             return []
         if threading.current_thread() is not threading.main_thread():
             return []  # only the main thread may; an embedding caller handles signals itself
-        for sig in self.handled_signals:
-            loop.add_signal_handler(sig, self._on_signal, sig)
-        return list(self.handled_signals)
+        return [(sig, signal.signal(sig, self._signal_received)) for sig in self.handled_signals]
+
+    def _signal_received(self, signum: int, frame: FrameType | None) -> None:
+        if self.watchdog is not None:
+            self.watchdog.stop_requested()
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(self._on_signal, signal.Signals(signum))
 
     def _on_signal(self, sig: signal.Signals) -> None:
         if self.should_exit.is_set():

@@ -317,7 +317,13 @@ class HTTP1Connection(asyncio.Protocol):
         self._head_request = request.method == b"HEAD"
         self._http11 = request.http_version == b"1.1"
         self._keep_alive = self._http11 and b"close" not in connection
-        stream = self.stream = HTTPStream(self.app, scope, self, self.config.http_timeout)
+        stream = self.stream = HTTPStream(
+            self.app,
+            scope,
+            self,
+            self.config.http_timeout,
+            self.config.application_close_timeout,
+        )
         if expect == b"100-continue":
             stream.on_first_receive = self._continue
         self._run(stream.run())
@@ -386,6 +392,7 @@ class HTTP1Connection(asyncio.Protocol):
             handler,
             self.config.websocket_connect_timeout,
             self.config.websocket_timeout,
+            self.config.application_close_timeout,
         )
         handler.stream = stream
         trailing, _ = self.h11.trailing_data

@@ -289,7 +289,13 @@ class HTTP2Connection(asyncio.Protocol):
 
     def _start_http(self, stream: H2Stream, scope: Scope, body_complete: bool) -> None:
         responder = H2Responder(self, stream)
-        handler = HTTPStream(self.app, scope, responder, self.config.http_timeout)
+        handler = HTTPStream(
+            self.app,
+            scope,
+            responder,
+            self.config.http_timeout,
+            self.config.application_close_timeout,
+        )
         stream.handler = handler
         if body_complete:
             handler.feed_body(b"", more=False)
@@ -323,6 +329,7 @@ class HTTP2Connection(asyncio.Protocol):
             responder,
             self.config.websocket_connect_timeout,
             self.config.websocket_timeout,
+            self.config.application_close_timeout,
         )
         stream.handler = handler
         stream.session = responder.session

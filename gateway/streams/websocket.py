@@ -66,9 +66,10 @@ class WebSocketStream:
         responder: WebSocketResponder,
         connect_timeout: float | None = None,
         session_timeout: float | None = None,
+        close_timeout: float | None = None,
     ) -> None:
-        """The timeouts are Config's ``websocket_connect_timeout`` and ``websocket_timeout``;
-        None means no limit."""
+        """The timeouts are Config's ``websocket_connect_timeout``, ``websocket_timeout`` and
+        ``application_close_timeout``; None means no limit."""
         self.app = app
         self.scope = scope
         self.responder = responder
@@ -81,6 +82,11 @@ class WebSocketStream:
         self._disconnected: Message | None = None
         self.queued_bytes = 0  # what ``_incoming`` holds, for read backpressure
         self._reading_paused = False
+        self.close_timeout = close_timeout
+        self._disconnect_delivered = False
+        self._task: asyncio.Task[None] | None = None
+        self._kill_timer: asyncio.TimerHandle | None = None
+        self._killed = False
 
     # Fed by the connection ----------------------------------------------------------------
 
@@ -101,6 +107,27 @@ class WebSocketStream:
             self._disconnected = {"type": "websocket.disconnect", "code": code, "reason": reason}
             self.state = State.CLOSED
             self._wake()
+            self._arm_kill()
+
+    def _arm_kill(self) -> None:
+        """Daphne's ``--application-close-timeout``: an app still running that long after the
+        WebSocket closed is cancelled."""
+        task = self._task
+        if self.close_timeout is None or task is None or task.done() or self._kill_timer:
+            return
+        self._kill_timer = asyncio.get_running_loop().call_later(self.close_timeout, self._kill)
+
+    def _kill(self) -> None:
+        task = self._task
+        if task is None or task.done():
+            return
+        logger.warning(
+            "application still running %gs after WebSocket %s closed: cancelled",
+            self.close_timeout,
+            self.scope["path"],
+        )
+        self._killed = True
+        task.cancel()
 
     def _wake(self) -> None:
         waiting = self._waiting
@@ -111,13 +138,19 @@ class WebSocketStream:
 
     async def run(self) -> None:
         """Run the app; a handshake it leaves unanswered past ``connect_timeout`` is denied."""
+        self._task = asyncio.current_task()
         if self.connect_timeout is not None:
             loop = asyncio.get_running_loop()
             self._timer = loop.call_later(self.connect_timeout, self._on_connect_timeout)
         try:
             await self._run_app()
+        except asyncio.CancelledError:
+            if not self._killed or self._task is None or self._task.uncancel() != 0:
+                raise
         finally:
             self._cancel_timer()
+            if self._kill_timer is not None:
+                self._kill_timer.cancel()
 
     def _cancel_timer(self) -> None:
         if self._timer is not None:
@@ -192,6 +225,9 @@ class WebSocketStream:
         self.responder.deny(status, headers, body, end=True)
 
     async def receive(self) -> Message:
+        """The next message; ``websocket.disconnect`` is delivered once, and later calls wait
+        (until the app is cancelled), as in Daphne and uvicorn: an app that loops on
+        ``receive()`` after the disconnect cannot spin and starve the process."""
         while True:
             if self._incoming:
                 message = self._incoming.popleft()
@@ -203,6 +239,9 @@ class WebSocketStream:
                         self.responder.resume_reading()
                 return message
             if self._disconnected is not None:
+                if self._disconnect_delivered:
+                    await asyncio.get_running_loop().create_future()  # never set
+                self._disconnect_delivered = True
                 return self._disconnected
             self._waiting = asyncio.get_running_loop().create_future()
             try:

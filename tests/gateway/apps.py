@@ -171,6 +171,41 @@ async def dies_soon(scope: Scope, receive: Receive, send: Send) -> None:
     await respond(send, b"still here")
 
 
+async def receive_forever(scope: Scope, receive: Receive, send: Send) -> None:
+    """A buggy app that keeps calling ``receive()`` after the disconnect: on WebSockets, and on
+    HTTP at ``/loop`` (after answering); ``hello`` elsewhere. Marks ``cancelled`` when the
+    server gives up on it (``--application-close-timeout``)."""
+    if scope["type"] == "lifespan":
+        await lifespan(scope, receive, send)
+        return
+    try:
+        if scope["type"] == "websocket":
+            await receive()
+            await send({"type": "websocket.accept"})
+            while True:
+                await receive()
+        if scope["path"] == "/loop":
+            await drain_body(receive)
+            await respond(send, b"looping")
+            while True:
+                await receive()
+    except asyncio.CancelledError:
+        mark("cancelled")
+        raise
+    await respond(send, b"hello")
+
+
+async def spin(scope: Scope, receive: Receive, send: Send) -> None:
+    """Burns the event loop (``while True: pass``) at ``/spin``; ``hello`` elsewhere."""
+    if scope["type"] == "lifespan":
+        await lifespan(scope, receive, send)
+        return
+    if scope["path"] == "/spin":
+        while True:
+            pass
+    await respond(send, b"hello")
+
+
 def make_hello() -> Any:
     """A factory, for ``--factory``."""
     return hello
