@@ -1,7 +1,7 @@
-"""The ``gateway`` command: parse flags (and ROOMCAST_* variables) into a Config, then serve.
+"""``roomcast serve``: parse flags (and ROOMCAST_* variables) into a Config, then serve.
 
-Flag names follow Daphne's where they exist, so ``daphne`` can be swapped for ``gateway`` in a
-Procfile. User mistakes (bad app path, port in use, bad TLS file, failed start-up) end with
+Flag names follow Daphne's (all of them: docs/daphne.md), so ``daphne`` can be swapped for
+``roomcast serve`` in a Procfile. User mistakes (bad app path, port in use, bad TLS file, failed start-up) end with
 one ``roomcast: error: ...`` line on stderr and a non-zero status, never a traceback; an
 application module that raises while it is imported keeps its traceback (the user needs it).
 
@@ -136,7 +136,12 @@ class _Option(click.Option):
 
 
 class _Command(click.Command):
-    """Prints options in sections, in the order of GROUPS, aligned across sections."""
+    """Prints options in sections, in the order of GROUPS, aligned across sections; reads
+    Daphne's ``--ws-protocol A B`` (argparse ``nargs="*"``) as ``--ws-protocol A --ws-protocol B``.
+    """
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        return super().parse_args(ctx, spread_ws_protocols(args))
 
     def format_options(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         sections: dict[str, list[tuple[str, str]]] = {title: [] for title in GROUPS}
@@ -152,6 +157,25 @@ class _Command(click.Command):
                     formatter.write_dl(
                         [(name.ljust(width), text) for name, text in section], col_max=width
                     )
+
+
+def spread_ws_protocols(args: list[str]) -> list[str]:
+    """Daphne takes several values after one ``--ws-protocol``. A subprotocol is an HTTP token,
+    which has no ``:``, and APP always has one, so the words after the flag are subprotocols
+    up to the next option, the APP or ``--``."""
+    spread: list[str] = []
+    taking = False
+    for arg in args:
+        if arg == "--ws-protocol":
+            taking = False
+            spread.append(arg)
+            continue
+        if taking and not arg.startswith("-") and ":" not in arg:
+            spread += ["--ws-protocol", arg]
+            continue
+        taking = bool(spread) and spread[-1] == "--ws-protocol"
+        spread.append(arg)
+    return spread
 
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -196,7 +220,7 @@ LISTEN, TLS, APP, PROXY, HTTP, WS, LOG = GROUPS[:7]
     "--unix-socket",
     group=LISTEN,
     metavar="PATH",
-    help="Listen on this unix socket instead of a TCP port.",
+    help="Listen on this unix socket (TCP too only if -b/-p are given, as in Daphne).",
 )
 @option(
     "--fd",
@@ -204,6 +228,16 @@ LISTEN, TLS, APP, PROXY, HTTP, WS, LOG = GROUPS[:7]
     type=Number(int),
     metavar="FD",
     help="Serve an already-listening socket inherited as this file descriptor.",
+)
+@option(
+    "-e",
+    "--endpoint",
+    "endpoints",
+    group=LISTEN,
+    multiple=True,
+    metavar="ENDPOINT",
+    help="Daphne's endpoint string, repeatable: tcp:port=8000:interface=0.0.0.0, tcp:8000, "
+    "unix:/run/app.sock, ssl:443:privateKey=key.pem:certKey=cert.pem, fd:fileno=3.",
 )
 @option(
     "--workers",
@@ -246,6 +280,13 @@ LISTEN, TLS, APP, PROXY, HTTP, WS, LOG = GROUPS[:7]
     type=click.Choice(["auto", "asyncio", "uvloop"]),
     default=_DEFAULTS["loop"],
     help="Event loop: auto uses uvloop when installed (the 'fast' extra), else asyncio.",
+)
+@option(
+    "--asgi-protocol",
+    group=APP,
+    type=click.Choice(["auto", "asgi2", "asgi3"]),
+    default=_DEFAULTS["asgi_protocol"],
+    help="ASGI version of APP: auto detects it (as Daphne); asgi2 apps are wrapped by asgiref.",
 )
 @option(
     "--lifespan",
@@ -308,6 +349,7 @@ LISTEN, TLS, APP, PROXY, HTTP, WS, LOG = GROUPS[:7]
     help="Comma-separated proxies (addresses or networks) whose headers are trusted; * for all.",
 )
 @option(
+    "-s",
     "--server-name",
     group=PROXY,
     default=_DEFAULTS["server_name"],
@@ -419,10 +461,27 @@ LISTEN, TLS, APP, PROXY, HTTP, WS, LOG = GROUPS[:7]
 @option(
     "--websocket-max-message-size",
     group=WS,
-    type=BYTES,
+    type=Number(int, 0),
     default=_DEFAULTS["websocket_max_message_size"],
     metavar="BYTES",
-    help="Largest incoming message; larger closes with 1009.",
+    help="Largest incoming message; larger closes with 1009. 0: no limit (not advisable).",
+)
+@option(
+    "--websocket-max-frame-size",
+    group=WS,
+    type=Number(int, 0),
+    default=_DEFAULTS["websocket_max_frame_size"],
+    metavar="BYTES",
+    help="Largest incoming frame (its payload on the wire); larger closes with 1009. 0: none.",
+)
+@option(
+    "--ws-protocol",
+    "ws_protocols",
+    group=WS,
+    multiple=True,
+    metavar="NAME",
+    help="A subprotocol the server supports, repeatable: the first the client offers is "
+    "accepted unless the app picks one (Daphne's --ws-protocol; Daphne's 'NAME NAME' works).",
 )
 @option(
     "--ws-per-message-deflate/--no-ws-per-message-deflate",
@@ -450,10 +509,13 @@ LISTEN, TLS, APP, PROXY, HTTP, WS, LOG = GROUPS[:7]
 @option(
     "--access-log",
     group=LOG,
+    default=_DEFAULTS["access_log"],
     metavar="PATH",
-    show_default="off",
-    help="Write one line per request to PATH, or to stdout with -.",
+    show_default="stdout, unless -v 0",
+    help="Where the access log goes (requests, WebSocket connect/accept/close): PATH or - "
+    "(stdout).",
 )
+@option("--no-access-log", group=LOG, is_flag=True, help="Write no access log.")
 @option(
     "-v",
     "--verbosity",
@@ -487,7 +549,8 @@ def main(**options: Any) -> None:
       roomcast serve -u /run/app.sock --access-log - myproject.asgi:application
     """
     ctx = click.get_current_context()
-    _check_listen_options(ctx, options)
+    options["listen_tcp"] = _tcp_asked(ctx, options)
+    options["access_log"] = _access_log(ctx, options)
     _check_proxy_options(ctx, options)
     try:
         config = build_config(options)
@@ -508,6 +571,8 @@ def build_config(options: dict[str, Any]) -> Config:
         port=options["port"],
         uds=options["unix_socket"],
         fd=options["fd"],
+        endpoints=list(options.get("endpoints", ())),
+        listen_tcp=options.get("listen_tcp"),
         root_path=options["root_path"].rstrip("/"),
         proxy_headers=options["proxy_headers"],
         forwarded_allow_ips=allowed,
@@ -516,6 +581,9 @@ def build_config(options: dict[str, Any]) -> Config:
         ping_interval=options["ping_interval"],
         ping_timeout=options["ping_timeout"],
         websocket_max_message_size=options["websocket_max_message_size"],
+        websocket_max_frame_size=options["websocket_max_frame_size"],
+        ws_protocols=list(options["ws_protocols"]),
+        asgi_protocol=options["asgi_protocol"],
         websocket_per_message_deflate=options["ws_per_message_deflate"],
         websocket_write_buffer=options["websocket_write_buffer"],
         websocket_write_timeout=options["websocket_write_timeout"],
@@ -570,19 +638,25 @@ def fail(message: str, status: int) -> NoReturn:
     sys.exit(status)
 
 
-def _check_listen_options(ctx: click.Context, options: dict[str, Any]) -> None:
-    """-u and --fd replace host/port: refuse combinations that would be silently ignored."""
-    given = {
-        name
-        for name in ("bind", "port", "unix_socket", "fd")
-        if ctx.get_parameter_source(name)
-        in (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)
-        and options[name] is not None
-    }
-    if {"unix_socket", "fd"} <= given:
-        raise click.UsageError("give either --unix-socket or --fd, not both")
-    if given & {"unix_socket", "fd"} and given & {"bind", "port"}:
-        raise click.UsageError("--unix-socket and --fd replace --bind/--port; give one of them")
+def _given(ctx: click.Context, name: str) -> bool:
+    source = ctx.get_parameter_source(name)
+    return source in (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)
+
+
+def _tcp_asked(ctx: click.Context, options: dict[str, Any]) -> bool | None:
+    """As Daphne: -b/-p add a TCP listener beside -u/--fd/-e; without them, TCP only when
+    nothing else is given (None lets Config decide that)."""
+    return True if _given(ctx, "bind") or _given(ctx, "port") else None
+
+
+def _access_log(ctx: click.Context, options: dict[str, Any]) -> str | None:
+    """Daphne's rule: stdout by default, off at -v 0 unless --access-log names a target."""
+    if options["no_access_log"]:
+        return None
+    if _given(ctx, "access_log"):
+        target: str | None = options["access_log"]
+        return target
+    return "-" if options["verbosity"] >= 1 else None
 
 
 def _check_proxy_options(ctx: click.Context, options: dict[str, Any]) -> None:

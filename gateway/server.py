@@ -27,9 +27,10 @@ import stat
 import threading
 from collections.abc import Callable, Coroutine, Sequence
 from types import FrameType
-from typing import Any
+from typing import Any, NamedTuple
 
 from roomcast.gateway.config import ASGIApp, Config, ConfigError
+from roomcast.gateway.endpoints import Endpoint
 from roomcast.gateway.lifespan import Lifespan
 from roomcast.gateway.logging import configure_logging
 from roomcast.gateway.state import Connection, ServerState
@@ -41,6 +42,13 @@ ProtocolFactory = Callable[[Config, ASGIApp, ServerState], asyncio.Protocol]
 HANDLED_SIGNALS: tuple[signal.Signals, ...] = (signal.SIGINT, signal.SIGTERM)
 DRAIN_POLL = 0.02  # seconds between looks at the connections left while draining
 CANCEL_GRACE = 1.0  # seconds for cancelled tasks and aborted connections to go
+
+
+class Listener(NamedTuple):
+    """A listening socket and the endpoint it was opened for (its TLS files, its backlog)."""
+
+    sock: socket.socket
+    endpoint: Endpoint
 
 
 class Server:
@@ -62,11 +70,12 @@ class Server:
         self.install_signal_handlers = True
         self.handled_signals = HANDLED_SIGNALS
         self.sockets: list[socket.socket] = []
+        self.listeners: list[Listener] = []
         self.servers: list[asyncio.Server] = []
         self.watchdog: LoopWatchdog | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
-    def run(self, sockets: Sequence[socket.socket] | None = None) -> None:
+    def run(self, sockets: Sequence[socket.socket | Listener] | None = None) -> None:
         """Serve until stopped. Raises ConfigError or LifespanFailure for the CLI to report."""
         with asyncio.Runner(loop_factory=self.config.loop_factory()) as runner:
             runner.run(self.serve(sockets))
@@ -78,14 +87,23 @@ class Server:
             self.force_exit.set()
         self.should_exit.set()
 
-    async def serve(self, sockets: Sequence[socket.socket] | None = None) -> None:
-        """Serve on ``sockets`` (inherited, e.g. from the worker supervisor) or on new ones."""
+    async def serve(self, sockets: Sequence[socket.socket | Listener] | None = None) -> None:
+        """Serve on ``sockets`` (inherited, e.g. from the worker supervisor) or on new ones.
+
+        Bare sockets get ``--ssl-certfile``'s TLS, if any; a Listener its endpoint's.
+        """
         config = self.config
         configure_logging(config)
         app = config.load_app()
-        ssl_context = config.ssl_context()
         own_sockets = sockets is None
-        self.sockets = bind_sockets(config) if sockets is None else list(sockets)
+        if sockets is None:
+            for endpoint in config.listeners():
+                config.ssl_context(endpoint.tls)  # bad TLS files fail before binding
+            listeners = bind_listeners(config)
+        else:
+            listeners = [adopt(config, sock) for sock in sockets]
+        self.sockets = [listener.sock for listener in listeners]
+        self.listeners = listeners
         loop = self._loop = asyncio.get_running_loop()
         self.watchdog = LoopWatchdog(loop, config.loop_lag_threshold, config.graceful_timeout)
         self.watchdog.start()
@@ -96,17 +114,17 @@ class Server:
                 await lifespan.cancel()
                 return
             factory = self._protocol_factory()
-            for sock in self.sockets:
+            for sock, endpoint in listeners:
                 server = await loop.create_server(
                     lambda: factory(config, app, self.state),
                     sock=sock,
-                    ssl=ssl_context,
-                    backlog=config.backlog,
+                    ssl=config.ssl_context(endpoint.tls),
+                    backlog=endpoint.backlog or config.backlog,
                 )
                 self.servers.append(server)
             if own_sockets:
-                for sock in self.sockets:
-                    logger.info("Listening on %s", describe_socket(sock, ssl_context is not None))
+                for sock, endpoint in listeners:
+                    logger.info("Listening on %s", describe_socket(sock, endpoint.tls is not None))
             else:
                 logger.info("Worker process %d serving", os.getpid())
             self.started.set()
@@ -125,7 +143,7 @@ class Server:
             for server in self.servers:
                 server.close()
             if own_sockets:
-                close_sockets(self.sockets, config)
+                close_sockets(listeners, config)
 
     async def _until_exit(self, work: Coroutine[Any, Any, None], force_only: bool = False) -> bool:
         """Run ``work`` unless a (forced) exit comes first; True if it completed."""
@@ -214,32 +232,69 @@ class Server:
 # Listening sockets ------------------------------------------------------------------------
 
 
-def bind_sockets(config: Config) -> list[socket.socket]:
-    """The listening sockets ``config`` asks for: ``--fd``, ``--unix-socket`` or host/port.
+def bind_listeners(config: Config) -> list[Listener]:
+    """Open every socket ``config.listeners()`` names; all or none (a failure closes the rest).
 
     Errors (port in use, bad address, not a socket) are ConfigErrors: one line for the user.
     """
-    if config.fd is not None:
-        sock = _inherited_socket(config.fd)
-    elif config.uds:
-        sock = _unix_socket(config.uds)
-    else:
-        sock = _tcp_socket(config.host, config.port)
+    listeners: list[Listener] = []
     try:
-        sock.listen(config.backlog)
-    except OSError as exc:
-        sock.close()
-        raise ConfigError(f"cannot listen on {config.bind_description}: {_reason(exc)}") from exc
-    return [sock]
+        for endpoint in config.listeners():
+            sock = _open(endpoint)
+            listeners.append(Listener(sock, endpoint))
+            try:
+                sock.listen(endpoint.backlog or config.backlog)
+            except OSError as exc:
+                raise ConfigError(
+                    f"cannot listen on {endpoint.describe()}: {_reason(exc)}"
+                ) from exc
+    except ConfigError:
+        close_sockets(listeners, config)
+        raise
+    return listeners
 
 
-def close_sockets(sockets: Sequence[socket.socket], config: Config) -> None:
-    """Close what ``bind_sockets`` opened; remove the unix socket file we created."""
-    for sock in sockets:
+def bind_sockets(config: Config) -> list[socket.socket]:
+    """The sockets of :func:`bind_listeners`."""
+    return [listener.sock for listener in bind_listeners(config)]
+
+
+def adopt(config: Config, sock: socket.socket | Listener) -> Listener:
+    """An inherited socket as a Listener: as it came, or with ``--ssl-certfile``'s TLS."""
+    if isinstance(sock, Listener):
+        return sock
+    if sock.family == socket.AF_UNIX:
+        return Listener(sock, Endpoint("unix", path=_unix_path(sock), tls=config.tls_files))
+    host, port = sock.getsockname()[:2]
+    return Listener(sock, Endpoint("tcp", host=host, port=port, tls=config.tls_files))
+
+
+def close_sockets(sockets: Sequence[socket.socket | Listener], config: Config) -> None:
+    """Close what ``bind_sockets``/``bind_listeners`` opened; remove the unix socket files
+    created for ``config``'s unix listeners (not those of an inherited descriptor)."""
+    ours = {endpoint.path for endpoint in config.listeners() if endpoint.kind == "unix"}
+    for item in sockets:
+        sock = item.sock if isinstance(item, Listener) else item
+        path = item.endpoint.path if isinstance(item, Listener) else None
         with contextlib.suppress(OSError):
-            if sock.family == socket.AF_UNIX and config.uds and config.fd is None:
-                os.unlink(config.uds)
+            if sock.family == socket.AF_UNIX:
+                path = path or _unix_path(sock)
+                if path in ours:
+                    os.unlink(path)
         sock.close()
+
+
+def _unix_path(sock: socket.socket) -> str:
+    address = sock.getsockname()
+    return address.decode() if isinstance(address, bytes) else str(address)
+
+
+def _open(endpoint: Endpoint) -> socket.socket:
+    if endpoint.kind == "fd":
+        return _inherited_socket(endpoint.fileno)
+    if endpoint.kind == "unix":
+        return _unix_socket(endpoint.path, endpoint.mode)
+    return _tcp_socket(endpoint.host, endpoint.port)
 
 
 def describe_socket(sock: socket.socket, tls: bool = False) -> str:
@@ -267,14 +322,15 @@ def _tcp_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
-def _unix_socket(path: str) -> socket.socket:
+def _unix_socket(path: str, mode: int) -> socket.socket:
     _remove_stale_unix_socket(path)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         sock.bind(path)
-        # Like Daphne (Twisted's default), uvicorn and gunicorn: any local user may connect,
-        # so a proxy running as another user can; the directory's permissions still apply.
-        os.chmod(path, 0o666)
+        # 0o666 by default, like Daphne (Twisted's default), uvicorn and gunicorn: any local
+        # user may connect, so a proxy running as another user can; the directory's
+        # permissions still apply. ``-e unix:PATH:mode=660`` narrows it.
+        os.chmod(path, mode)
     except OSError as exc:
         sock.close()
         raise ConfigError(f"cannot listen on unix socket {path!r}: {_reason(exc)}") from exc

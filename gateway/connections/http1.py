@@ -393,6 +393,7 @@ class HTTP1Connection(asyncio.Protocol):
             self.config.websocket_connect_timeout,
             self.config.websocket_timeout,
             self.config.application_close_timeout,
+            self.config.ws_protocols,
         )
         handler.stream = stream
         trailing, _ = self.h11.trailing_data

@@ -330,6 +330,7 @@ class HTTP2Connection(asyncio.Protocol):
             self.config.websocket_connect_timeout,
             self.config.websocket_timeout,
             self.config.application_close_timeout,
+            self.config.ws_protocols,
         )
         stream.handler = handler
         stream.session = responder.session

@@ -206,6 +206,66 @@ async def spin(scope: Scope, receive: Receive, send: Send) -> None:
     await respond(send, b"hello")
 
 
+async def scope_echo(scope: Scope, receive: Receive, send: Send) -> None:
+    """Answers with what the scope says of the mount point: root_path, path and the header
+    names, as JSON (HTTP: the body; WebSocket: the first message, after accepting)."""
+    if scope["type"] == "lifespan":
+        await lifespan(scope, receive, send)
+        return
+    seen = {
+        "root_path": scope["root_path"],
+        "path": scope["path"],
+        "headers": [name.decode("latin-1") for name, _ in scope["headers"]],
+        "client": scope["client"],
+    }
+    if scope["type"] == "websocket":
+        await receive()
+        await send({"type": "websocket.accept"})
+        await send({"type": "websocket.send", "text": json.dumps(seen)})
+        while (await receive())["type"] != "websocket.disconnect":
+            pass
+        return
+    await respond(send, json.dumps(seen).encode(), content_type=b"application/json")
+
+
+async def websockets_for_the_log(scope: Scope, receive: Receive, send: Send) -> None:
+    """WebSockets for the access-log tests: ``/reject`` is refused (403), ``/app-close`` is
+    accepted then closed by the app with 4001, ``/pick`` accepts naming subprotocol ``mine``,
+    anything else echoes until the client leaves; ``hello`` for HTTP."""
+    if scope["type"] != "websocket":
+        await hello(scope, receive, send)
+        return
+    await receive()
+    if scope["path"] == "/reject":
+        await send({"type": "websocket.close"})
+        return
+    if scope["path"] == "/pick":
+        await send({"type": "websocket.accept", "subprotocol": "mine"})
+    else:
+        await send({"type": "websocket.accept"})
+    if scope["path"] == "/app-close":
+        await send({"type": "websocket.close", "code": 4001})
+        return
+    while True:
+        message = await receive()
+        if message["type"] == "websocket.disconnect":
+            return
+        await send({"type": "websocket.send", "text": message.get("text") or ""})
+
+
+class Asgi2Hello:
+    """An ASGI 2 application: instantiated with the scope, then called with receive/send."""
+
+    def __init__(self, scope: Scope) -> None:
+        self.scope = scope
+
+    async def __call__(self, receive: Receive, send: Send) -> None:
+        if self.scope["type"] == "lifespan":
+            await lifespan(self.scope, receive, send)
+            return
+        await respond(send, b"hello from ASGI 2")
+
+
 def make_hello() -> Any:
     """A factory, for ``--factory``."""
     return hello
@@ -234,13 +294,16 @@ class GatewayProcess:
         env: Mapping[str, str] | None = None,
         pass_fds: Collection[int] = (),
         cwd: str | os.PathLike[str] = ROOT,
+        command: tuple[str, ...] = ("-m", "roomcast.gateway"),
     ) -> None:
+        """``command`` follows the interpreter: ``("-m", "roomcast", "serve")`` runs the
+        ``roomcast serve`` of a Procfile."""
         self.args = args
         self._stderr = tempfile.TemporaryFile()  # noqa: SIM115 - closed in __exit__
         self._stdout = tempfile.TemporaryFile()  # noqa: SIM115 - closed in __exit__
         full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "roomcast.gateway", *args],
+            [sys.executable, *command, *args],
             cwd=cwd,
             env=full_env,
             stdout=self._stdout,
@@ -276,6 +339,19 @@ class GatewayProcess:
 
     def wait_listening(self, timeout: float = 15.0) -> None:
         self.wait_for(r"Listening on", timeout=timeout)
+
+    def wait_accepting(self, port: int, timeout: float = 15.0) -> None:
+        """Wait until 127.0.0.1:``port`` takes connections (for ``-v 0``, which logs nothing)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            with socket.socket() as probe:
+                if probe.connect_ex(("127.0.0.1", port)) == 0:
+                    return
+            if self.proc.poll() is not None:
+                raise AssertionError(f"gateway exited ({self.proc.returncode}):\n{self.stderr}")
+            if time.monotonic() > deadline:
+                raise AssertionError(f"port {port} not accepting within {timeout}s")
+            time.sleep(0.02)
 
     def signal(self, sig: signal.Signals) -> None:
         self.proc.send_signal(sig)
