@@ -1,9 +1,10 @@
 """``roomcast serve``: parse flags (and ROOMCAST_* variables) into a Config, then serve.
 
 Flag names follow Daphne's (all of them: docs/daphne.md), so ``daphne`` can be swapped for
-``roomcast serve`` in a Procfile. User mistakes (bad app path, port in use, bad TLS file, failed start-up) end with
-one ``roomcast: error: ...`` line on stderr and a non-zero status, never a traceback; an
-application module that raises while it is imported keeps its traceback (the user needs it).
+``roomcast serve`` in a Procfile. User mistakes (bad app path, port in use, bad TLS file,
+failed start-up) end with one ``roomcast: error: ...`` line on stderr and a non-zero status,
+never a traceback; an application module that raises while it is imported keeps its
+traceback (the user needs it).
 
 Exit status: 0 after a clean (signalled) shutdown, 1 for a configuration or bind error or
 workers that keep dying, 2 for a usage error, 3 when the application's start-up failed.
@@ -320,6 +321,19 @@ LISTEN, TLS, APP, PROXY, HTTP, WS, LOG = GROUPS[:7]
     help="Warn when the event loop is blocked this long (an app that never yields); 0: off.",
 )
 @option(
+    "--health-path",
+    group=APP,
+    metavar="PATH",
+    help="Answer this path in the server itself: 200 while the process runs (liveness).",
+)
+@option(
+    "--ready-path",
+    group=APP,
+    metavar="PATH",
+    help="Answer this path in the server itself: 200 when ready, 503 with the reasons during "
+    "start-up, while draining, or while roomcast.readiness reports something (readiness).",
+)
+@option(
     "--proxy-headers",
     group=PROXY,
     is_flag=True,
@@ -612,6 +626,8 @@ def build_config(options: dict[str, Any]) -> Config:
         proxy_headers_port=options["proxy_headers_port"],
         log_fmt=options["log_fmt"],
         loop_lag_threshold=options["loop_lag_threshold"],
+        health_path=options["health_path"] or None,
+        ready_path=options["ready_path"] or None,
     )
 
 

@@ -96,6 +96,8 @@ class Config:
     proxy_headers_port: str = "X-Forwarded-Port"  # with proxy_headers: the client's port
     log_fmt: str = LOG_FORMAT  # logging format of roomcast.gateway.error (not the access log)
     loop_lag_threshold: float = 1.0  # seconds the loop may be blocked before a warning; 0: off
+    health_path: str | None = None  # answered by the gateway: 200 while the loop turns
+    ready_path: str | None = None  # answered by the gateway: 503 while not ready (probes.py)
 
     def __post_init__(self) -> None:
         for name in ("port", "workers", "backlog", "limit_request_body", "limit_request_head"):
@@ -134,6 +136,12 @@ class Config:
             if not HEADER_NAME.fullmatch(getattr(self, name)):
                 raise ConfigError(f"{name} {getattr(self, name)!r} is not a header name")
         check_log_format(self.log_fmt)
+        for name in ("health_path", "ready_path"):
+            value = getattr(self, name)
+            if value is not None and (not value.startswith("/") or "?" in value or " " in value):
+                raise ConfigError(f"{name} {value!r} must be a path starting with /, no query")
+        if self.health_path and self.health_path == self.ready_path:
+            raise ConfigError("--health-path and --ready-path must differ")
         # Header names as connections hand them over: lower-cased bytes.
         self.proxy_host_header = self.proxy_headers_host.lower().encode("latin-1")
         self.proxy_port_header = self.proxy_headers_port.lower().encode("latin-1")
@@ -145,6 +153,11 @@ class Config:
         except EndpointError as exc:
             raise ConfigError(str(exc)) from None
         self._ssl_contexts: dict[TLSFiles, ssl.SSLContext] = {}
+
+    @property
+    def has_probes(self) -> bool:
+        """A probe path is set: the server answers it itself (see probes.py)."""
+        return bool(self.health_path or self.ready_path)
 
     def __getstate__(self) -> dict[str, Any]:
         """Pickled for worker processes: without the loaded TLS contexts (not picklable)."""

@@ -109,19 +109,21 @@ class Server:
         self.watchdog.start()
         installed = self._install_signal_handlers()
         lifespan = Lifespan(app, config, self.state)
+        # With probe paths, listen during the start-up too: probes are answered, requests for
+        # the app wait for the start-up (see probes.py). Without, connections wait in the
+        # backlog until the app is ready.
+        early = config.has_probes
+        gated = _after(self.started, app)
+        self.state.app_started = False
         try:
+            if early:
+                await self._listen(listeners, lambda: app if self.started.is_set() else gated)
             if not await self._until_exit(lifespan.startup()):
                 await lifespan.cancel()
                 return
-            factory = self._protocol_factory()
-            for sock, endpoint in listeners:
-                server = await loop.create_server(
-                    lambda: factory(config, app, self.state),
-                    sock=sock,
-                    ssl=config.ssl_context(endpoint.tls),
-                    backlog=endpoint.backlog or config.backlog,
-                )
-                self.servers.append(server)
+            self.state.app_started = True
+            if not early:
+                await self._listen(listeners, lambda: app)
             if own_sockets:
                 for sock, endpoint in listeners:
                     logger.info("Listening on %s", describe_socket(sock, endpoint.tls is not None))
@@ -140,6 +142,8 @@ class Server:
             for sig, previous in installed:
                 signal.signal(sig, previous)
             self.watchdog.stop()
+            for conn in list(self.state.connections):  # a failed start-up leaves some
+                conn.abort()
             for server in self.servers:
                 server.close()
             if own_sockets:
@@ -162,6 +166,20 @@ class Server:
             await task
         return False
 
+    async def _listen(self, listeners: Sequence[Listener], app: Callable[[], ASGIApp]) -> None:
+        """Start accepting on every listener; ``app()`` is what a new connection runs."""
+        loop = asyncio.get_running_loop()
+        factory = self._protocol_factory()
+        config = self.config
+        for sock, endpoint in listeners:
+            server = await loop.create_server(
+                lambda: factory(config, app(), self.state),
+                sock=sock,
+                ssl=config.ssl_context(endpoint.tls),
+                backlog=endpoint.backlog or config.backlog,
+            )
+            self.servers.append(server)
+
     def _protocol_factory(self) -> ProtocolFactory:
         if self.protocol is not None:
             return self.protocol
@@ -173,17 +191,28 @@ class Server:
         """Stop accepting, let connections finish, then abort the rest and cancel tasks."""
         state = self.state
         state.closing = True
-        for server in self.servers:
-            server.close()
+        # With probe paths, keep accepting: the probes say 503 (readiness) and 200 (liveness)
+        # until we exit, other new requests get 503. Only the connections open now are waited
+        # for; those accepted later answer once and close by themselves.
+        keep_listening = self.config.has_probes
+        if not keep_listening:
+            for server in self.servers:
+                server.close()
         logger.info("Shutting down%s", " (restart)" if self.restart else "")
         told: set[Connection] = set()
+        waited = set(state.connections)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.config.graceful_timeout
         forced = asyncio.ensure_future(self.force_exit.wait())
         try:
-            while state.connections and not forced.done() and loop.time() < deadline:
-                for conn in list(state.connections - told):
-                    told.add(conn)  # connections accepted meanwhile are told too
+            while (
+                (waited & state.connections if keep_listening else state.connections)
+                and not forced.done()
+                and loop.time() < deadline
+            ):
+                fresh = (waited if keep_listening else state.connections) - told
+                for conn in list(fresh & state.connections):
+                    told.add(conn)  # without probes, connections accepted meanwhile too
                     conn.shutdown(restart=self.restart)
                 await asyncio.wait([forced], timeout=min(DRAIN_POLL, deadline - loop.time()))
         finally:
@@ -373,3 +402,14 @@ def _reason(exc: BaseException) -> str:
     if isinstance(exc, OSError) and exc.strerror:
         return exc.strerror[0].lower() + exc.strerror[1:]
     return str(exc)
+
+
+def _after(started: asyncio.Event, app: ASGIApp) -> ASGIApp:
+    """``app``, once ``started`` is set: requests that arrive during the start-up wait."""
+
+    async def gate(scope: Any, receive: Any, send: Any) -> None:
+        if not started.is_set():
+            await started.wait()
+        await app(scope, receive, send)
+
+    return gate

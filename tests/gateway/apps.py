@@ -163,12 +163,34 @@ async def startup_crashes(scope: Scope, receive: Receive, send: Send) -> None:
 
 
 async def dies_soon(scope: Scope, receive: Receive, send: Send) -> None:
-    """Starts, then kills its own process 0.3 s later: a worker that keeps crashing."""
+    """Starts, then kills its own process 0.3 s later: a worker that keeps crashing. With a
+    marker file, 1 s after ``ROOMCAST_TEST_SIBLINGS`` workers have started (so that the first
+    generation is up, however slowly the machine spawns them)."""
     if scope["type"] == "lifespan":
-        asyncio.get_running_loop().call_later(0.3, os._exit, 7)
+        asyncio.get_running_loop().create_task(_die_after_siblings())
         await lifespan(scope, receive, send)
         return
     await respond(send, b"still here")
+
+
+async def _die_after_siblings() -> None:
+    path = os.environ.get(MARKER_ENV)
+    siblings = int(os.environ.get("ROOMCAST_TEST_SIBLINGS", "0"))
+    for _ in range(3000):  # at most ~60 s
+        if not path or not siblings or _marks(path).count("startup") >= siblings:
+            break
+        await asyncio.sleep(0.02)
+    # The siblings' "ready" reach the supervisor a little after their start-up: give it time.
+    await asyncio.sleep(1.0 if siblings else 0.3)
+    os._exit(7)
+
+
+def _marks(path: str) -> list[str]:
+    try:
+        with open(path, encoding="utf-8") as marker:
+            return [line.split()[0] for line in marker if line.strip()]
+    except FileNotFoundError:
+        return []
 
 
 async def receive_forever(scope: Scope, receive: Receive, send: Send) -> None:
@@ -264,6 +286,40 @@ class Asgi2Hello:
             await lifespan(self.scope, receive, send)
             return
         await respond(send, b"hello from ASGI 2")
+
+
+async def readiness_reporter(scope: Scope, receive: Receive, send: Send) -> None:
+    """Reports to :mod:`roomcast.readiness` as a channel layer would: ``/not-ready?key=K&
+    reason=R`` and ``/ready?key=K``; WebSocket echo; ``hello`` elsewhere."""
+    from roomcast import readiness
+
+    if scope["type"] != "http":
+        await echo(scope, receive, send)
+        return
+    query = {k: v[0] for k, v in parse_qs(scope["query_string"].decode()).items()}
+    if scope["path"] == "/not-ready":
+        readiness.report_not_ready(query["key"], query["reason"])
+    elif scope["path"] == "/ready":
+        readiness.report_ready(query["key"])
+    await hello(scope, receive, send)
+
+
+RELEASE_ENV = "ROOMCAST_TEST_RELEASE"
+
+
+async def slow_startup(scope: Scope, receive: Receive, send: Send) -> None:
+    """Its lifespan start-up completes only once the file named by ROOMCAST_TEST_RELEASE
+    exists; ``hello`` afterwards."""
+    if scope["type"] == "lifespan":
+        await receive()
+        release = os.environ[RELEASE_ENV]
+        while not os.path.exists(release):  # noqa: ASYNC240 - a test app polling a file
+            await asyncio.sleep(0.02)
+        await send({"type": "lifespan.startup.complete"})
+        await receive()
+        await send({"type": "lifespan.shutdown.complete"})
+        return
+    await respond(send, b"hello after startup")
 
 
 def make_hello() -> Any:

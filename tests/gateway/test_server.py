@@ -397,9 +397,10 @@ def test_workers_that_die_during_the_first_start_up_stop_the_server() -> None:
     assert re.fullmatch(r"roomcast: error: worker \d exited with code 7 during start-up", line)
 
 
-def test_workers_that_keep_dying_stop_the_server() -> None:
+def test_workers_that_keep_dying_stop_the_server(marker: Path) -> None:
     args = ("-p", str(free_port()), "--workers", "2")
-    with GatewayProcess("tests.gateway.apps:dies_soon", *args) as gateway:
+    env = {"ROOMCAST_TEST_SIBLINGS": "2"}  # both first workers up before the first death
+    with GatewayProcess("tests.gateway.apps:dies_soon", *args, env=env) as gateway:
         status, stderr = gateway.finish(timeout=30)
     assert status == 1
     last = stderr.strip().splitlines()[-1]
