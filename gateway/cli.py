@@ -13,6 +13,7 @@ workers that keep dying, 2 for a usage error, 3 when the application's start-up 
 from __future__ import annotations
 
 import dataclasses
+import os
 import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
@@ -321,6 +322,37 @@ LISTEN, TLS, APP, PROXY, HTTP, WS, LOG = GROUPS[:7]
     help="Warn when the event loop is blocked this long (an app that never yields); 0: off.",
 )
 @option(
+    "--reload",
+    group=APP,
+    is_flag=True,
+    help="Restart the server when a source file changes (development; one process).",
+)
+@option(
+    "--reload-dir",
+    "reload_dirs",
+    group=APP,
+    multiple=True,
+    metavar="DIR",
+    show_default="the current directory",
+    help="With --reload: a directory to watch, repeatable.",
+)
+@option(
+    "--reload-include",
+    "reload_includes",
+    group=APP,
+    multiple=True,
+    metavar="GLOB",
+    help="With --reload: also watch files matching GLOB (beside *.py), repeatable.",
+)
+@option(
+    "--reload-exclude",
+    "reload_excludes",
+    group=APP,
+    multiple=True,
+    metavar="GLOB",
+    help="With --reload: ignore files or directories matching GLOB, repeatable.",
+)
+@option(
     "--health-path",
     group=APP,
     metavar="PATH",
@@ -566,6 +598,7 @@ def main(**options: Any) -> None:
     options["listen_tcp"] = _tcp_asked(ctx, options)
     options["access_log"] = _access_log(ctx, options)
     _check_proxy_options(ctx, options)
+    _check_reload_options(ctx, options)
     try:
         config = build_config(options)
     except ConfigError as exc:
@@ -626,6 +659,10 @@ def build_config(options: dict[str, Any]) -> Config:
         proxy_headers_port=options["proxy_headers_port"],
         log_fmt=options["log_fmt"],
         loop_lag_threshold=options["loop_lag_threshold"],
+        reload=options["reload"],
+        reload_dirs=list(options["reload_dirs"]),
+        reload_includes=list(options["reload_includes"]),
+        reload_excludes=list(options["reload_excludes"]),
         health_path=options["health_path"] or None,
         ready_path=options["ready_path"] or None,
     )
@@ -633,11 +670,14 @@ def build_config(options: dict[str, Any]) -> Config:
 
 def serve(config: Config) -> None:
     """Run one server, or a worker supervisor, and turn user mistakes into one line."""
+    from roomcast.gateway.reload import Reloader
     from roomcast.gateway.server import Server
     from roomcast.gateway.workers import Supervisor, WorkersFailed
 
     try:
-        if config.workers > 1:
+        if config.reload:
+            Reloader(config).run()
+        elif config.workers > 1:
             Supervisor(config).run()
         else:
             Server(config).run()
@@ -673,6 +713,23 @@ def _access_log(ctx: click.Context, options: dict[str, Any]) -> str | None:
         target: str | None = options["access_log"]
         return target
     return "-" if options["verbosity"] >= 1 else None
+
+
+def _check_reload_options(ctx: click.Context, options: dict[str, Any]) -> None:
+    if options["reload"]:
+        if options["workers"] > 1:
+            raise click.UsageError(
+                "--reload runs one server process and restarts it: it cannot go with "
+                f"--workers {options['workers']}"
+            )
+        for directory in options["reload_dirs"]:
+            if not os.path.isdir(directory):
+                raise click.UsageError(f"--reload-dir {directory!r} is not a directory")
+        return
+    for name in ("reload_dirs", "reload_includes", "reload_excludes"):
+        if options[name]:
+            flag = "--" + name.replace("_", "-").rstrip("s")
+            raise click.UsageError(f"{flag} needs --reload")
 
 
 def _check_proxy_options(ctx: click.Context, options: dict[str, Any]) -> None:

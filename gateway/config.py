@@ -96,6 +96,10 @@ class Config:
     proxy_headers_port: str = "X-Forwarded-Port"  # with proxy_headers: the client's port
     log_fmt: str = LOG_FORMAT  # logging format of roomcast.gateway.error (not the access log)
     loop_lag_threshold: float = 1.0  # seconds the loop may be blocked before a warning; 0: off
+    reload: bool = False  # --reload: a supervisor restarts the server on changes (reload.py)
+    reload_dirs: list[str] = field(default_factory=list)  # default: the current directory
+    reload_includes: list[str] = field(default_factory=list)  # globs beside *.py
+    reload_excludes: list[str] = field(default_factory=list)
     health_path: str | None = None  # answered by the gateway: 200 while the loop turns
     ready_path: str | None = None  # answered by the gateway: 503 while not ready (probes.py)
 
@@ -140,6 +144,8 @@ class Config:
             value = getattr(self, name)
             if value is not None and (not value.startswith("/") or "?" in value or " " in value):
                 raise ConfigError(f"{name} {value!r} must be a path starting with /, no query")
+        if self.reload and self.workers > 1:
+            raise ConfigError("--reload runs one server process: it cannot go with --workers")
         if self.health_path and self.health_path == self.ready_path:
             raise ConfigError("--health-path and --ready-path must differ")
         # Header names as connections hand them over: lower-cased bytes.

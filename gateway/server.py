@@ -40,6 +40,7 @@ logger = logging.getLogger("roomcast.gateway.error")
 
 ProtocolFactory = Callable[[Config, ASGIApp, ServerState], asyncio.Protocol]
 HANDLED_SIGNALS: tuple[signal.Signals, ...] = (signal.SIGINT, signal.SIGTERM)
+RESTART_SIGNAL = signal.SIGUSR1  # --reload's child: stop as a restart (WebSockets close 1012)
 DRAIN_POLL = 0.02  # seconds between looks at the connections left while draining
 CANCEL_GRACE = 1.0  # seconds for cancelled tasks and aborted connections to go
 
@@ -254,8 +255,13 @@ class Server:
             logger.warning("Received %s again: exiting now", sig.name)
             self.exit(force=True)
         else:
-            logger.info("Received %s: finishing requests in flight", sig.name)
-            self.exit()
+            restart = sig == RESTART_SIGNAL
+            logger.info(
+                "Received %s: finishing requests in flight%s",
+                sig.name,
+                " before a restart" if restart else "",
+            )
+            self.exit(restart=restart)
 
 
 # Listening sockets ------------------------------------------------------------------------
