@@ -20,7 +20,14 @@ character, so ``interface=\\:\\:1`` is ``::1``):
 
 Anything else is a :class:`~roomcast.gateway.config.ConfigError` naming these forms. As in
 Daphne, the server listens on every endpoint given (several ``-e``, plus ``-u``/``--fd``, plus
-``-b``/``-p`` when those are given or nothing else is).
+``-b``/``-p`` when those are given or nothing else is); if one cannot be opened, those opened
+before it are closed again and the start fails with one line.
+
+Faults: with ``--workers`` or ``--reload`` the sockets are opened once by the supervisor, so a
+worker's restart never drops them (clients wait in the backlog). A unix socket file is removed
+at a clean exit; after a kill -9 it stays, and the next start removes it if nobody answers on
+it (a live server there is an error, not a takeover). An ``fd`` socket belongs to whoever
+passed it: it is never unlinked.
 """
 
 from __future__ import annotations

@@ -79,6 +79,18 @@ def test_help_shows_sections_flags_and_the_env_prefix() -> None:
         "--proxy-headers-host",
         "--proxy-headers-port",
         "--log-fmt",
+        "--endpoint",
+        "--websocket-max-frame-size",
+        "--ws-protocol",
+        "--asgi-protocol",
+        "--no-access-log",
+        "--loop-lag-threshold",
+        "--health-path",
+        "--ready-path",
+        "--reload",
+        "--reload-dir",
+        "--reload-include",
+        "--reload-exclude",
     ):
         assert flag in text, flag
     assert "ROOMCAST_<OPTION>" in text

@@ -175,11 +175,12 @@ async def test_application_close_timeout_cancels_a_websocket_app_left_running(
 # Real processes ----------------------------------------------------------------------------
 
 
-def test_an_app_looping_on_receive_leaves_the_server_working(tmp_path: Path) -> None:
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_an_app_looping_on_receive_leaves_the_server_working(tmp_path: Path, loop: str) -> None:
     """Before the fix such an app spun without yielding: nobody else got an answer."""
     marker = tmp_path / "marks"
     port = free_port()
-    args = ("tests.gateway.apps:receive_forever", "-p", str(port))
+    args = ("tests.gateway.apps:receive_forever", "-p", str(port), "--loop", loop)
     args += ("--application-close-timeout", "60")
     with GatewayProcess(*args, env={MARKER_ENV: str(marker)}) as gateway:
         gateway.wait_listening()
