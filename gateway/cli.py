@@ -1,9 +1,10 @@
-"""The ``gateway`` command: parse flags (and ROOMCAST_* variables) into a Config, then serve.
+"""``roomcast serve``: parse flags (and ROOMCAST_* variables) into a Config, then serve.
 
-Flag names follow Daphne's where they exist, so ``daphne`` can be swapped for ``gateway`` in a
-Procfile. User mistakes (bad app path, port in use, bad TLS file, failed start-up) end with
-one ``roomcast: error: ...`` line on stderr and a non-zero status, never a traceback; an
-application module that raises while it is imported keeps its traceback (the user needs it).
+Flag names follow Daphne's (all of them: docs/daphne.md), so ``daphne`` can be swapped for
+``roomcast serve`` in a Procfile. User mistakes (bad app path, port in use, bad TLS file,
+failed start-up) end with one ``roomcast: error: ...`` line on stderr and a non-zero status,
+never a traceback; an application module that raises while it is imported keeps its
+traceback (the user needs it).
 
 Exit status: 0 after a clean (signalled) shutdown, 1 for a configuration or bind error or
 workers that keep dying, 2 for a usage error, 3 when the application's start-up failed.
@@ -12,6 +13,7 @@ workers that keep dying, 2 for a usage error, 3 when the application's start-up 
 from __future__ import annotations
 
 import dataclasses
+import os
 import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
@@ -136,7 +138,12 @@ class _Option(click.Option):
 
 
 class _Command(click.Command):
-    """Prints options in sections, in the order of GROUPS, aligned across sections."""
+    """Prints options in sections, in the order of GROUPS, aligned across sections; reads
+    Daphne's ``--ws-protocol A B`` (argparse ``nargs="*"``) as ``--ws-protocol A --ws-protocol B``.
+    """
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        return super().parse_args(ctx, spread_ws_protocols(args))
 
     def format_options(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         sections: dict[str, list[tuple[str, str]]] = {title: [] for title in GROUPS}
@@ -152,6 +159,25 @@ class _Command(click.Command):
                     formatter.write_dl(
                         [(name.ljust(width), text) for name, text in section], col_max=width
                     )
+
+
+def spread_ws_protocols(args: list[str]) -> list[str]:
+    """Daphne takes several values after one ``--ws-protocol``. A subprotocol is an HTTP token,
+    which has no ``:``, and APP always has one, so the words after the flag are subprotocols
+    up to the next option, the APP or ``--``."""
+    spread: list[str] = []
+    taking = False
+    for arg in args:
+        if arg == "--ws-protocol":
+            taking = False
+            spread.append(arg)
+            continue
+        if taking and not arg.startswith("-") and ":" not in arg:
+            spread += ["--ws-protocol", arg]
+            continue
+        taking = bool(spread) and spread[-1] == "--ws-protocol"
+        spread.append(arg)
+    return spread
 
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -196,7 +222,7 @@ LISTEN, TLS, APP, PROXY, HTTP, WS, LOG = GROUPS[:7]
     "--unix-socket",
     group=LISTEN,
     metavar="PATH",
-    help="Listen on this unix socket instead of a TCP port.",
+    help="Listen on this unix socket (TCP too only if -b/-p are given, as in Daphne).",
 )
 @option(
     "--fd",
@@ -204,6 +230,16 @@ LISTEN, TLS, APP, PROXY, HTTP, WS, LOG = GROUPS[:7]
     type=Number(int),
     metavar="FD",
     help="Serve an already-listening socket inherited as this file descriptor.",
+)
+@option(
+    "-e",
+    "--endpoint",
+    "endpoints",
+    group=LISTEN,
+    multiple=True,
+    metavar="ENDPOINT",
+    help="Daphne's endpoint string, repeatable: tcp:port=8000:interface=0.0.0.0, tcp:8000, "
+    "unix:/run/app.sock, ssl:443:privateKey=key.pem:certKey=cert.pem, fd:fileno=3.",
 )
 @option(
     "--workers",
@@ -248,6 +284,13 @@ LISTEN, TLS, APP, PROXY, HTTP, WS, LOG = GROUPS[:7]
     help="Event loop: auto uses uvloop when installed (the 'fast' extra), else asyncio.",
 )
 @option(
+    "--asgi-protocol",
+    group=APP,
+    type=click.Choice(["auto", "asgi2", "asgi3"]),
+    default=_DEFAULTS["asgi_protocol"],
+    help="ASGI version of APP: auto detects it (as Daphne); asgi2 apps are wrapped by asgiref.",
+)
+@option(
     "--lifespan",
     group=APP,
     type=click.Choice(["auto", "on", "off"]),
@@ -269,6 +312,58 @@ LISTEN, TLS, APP, PROXY, HTTP, WS, LOG = GROUPS[:7]
     default=_DEFAULTS["graceful_timeout"],
     metavar="SECONDS",
     help="On SIGTERM/SIGINT, how long requests in flight may take before being cut.",
+)
+@option(
+    "--loop-lag-threshold",
+    group=APP,
+    type=SECONDS,
+    default=_DEFAULTS["loop_lag_threshold"],
+    metavar="SECONDS",
+    help="Warn when the event loop is blocked this long (an app that never yields); 0: off.",
+)
+@option(
+    "--reload",
+    group=APP,
+    is_flag=True,
+    help="Restart the server when a source file changes (development; one process).",
+)
+@option(
+    "--reload-dir",
+    "reload_dirs",
+    group=APP,
+    multiple=True,
+    metavar="DIR",
+    show_default="the current directory",
+    help="With --reload: a directory to watch, repeatable.",
+)
+@option(
+    "--reload-include",
+    "reload_includes",
+    group=APP,
+    multiple=True,
+    metavar="GLOB",
+    help="With --reload: also watch files matching GLOB (beside *.py), repeatable.",
+)
+@option(
+    "--reload-exclude",
+    "reload_excludes",
+    group=APP,
+    multiple=True,
+    metavar="GLOB",
+    help="With --reload: ignore files or directories matching GLOB, repeatable.",
+)
+@option(
+    "--health-path",
+    group=APP,
+    metavar="PATH",
+    help="Answer this path in the server itself: 200 while the process runs (liveness).",
+)
+@option(
+    "--ready-path",
+    group=APP,
+    metavar="PATH",
+    help="Answer this path in the server itself: 200 when ready, 503 with the reasons during "
+    "start-up, while draining, or while roomcast.readiness reports something (readiness).",
 )
 @option(
     "--proxy-headers",
@@ -300,6 +395,7 @@ LISTEN, TLS, APP, PROXY, HTTP, WS, LOG = GROUPS[:7]
     help="Comma-separated proxies (addresses or networks) whose headers are trusted; * for all.",
 )
 @option(
+    "-s",
     "--server-name",
     group=PROXY,
     default=_DEFAULTS["server_name"],
@@ -411,10 +507,27 @@ LISTEN, TLS, APP, PROXY, HTTP, WS, LOG = GROUPS[:7]
 @option(
     "--websocket-max-message-size",
     group=WS,
-    type=BYTES,
+    type=Number(int, 0),
     default=_DEFAULTS["websocket_max_message_size"],
     metavar="BYTES",
-    help="Largest incoming message; larger closes with 1009.",
+    help="Largest incoming message; larger closes with 1009. 0: no limit (not advisable).",
+)
+@option(
+    "--websocket-max-frame-size",
+    group=WS,
+    type=Number(int, 0),
+    default=_DEFAULTS["websocket_max_frame_size"],
+    metavar="BYTES",
+    help="Largest incoming frame (its payload on the wire); larger closes with 1009. 0: none.",
+)
+@option(
+    "--ws-protocol",
+    "ws_protocols",
+    group=WS,
+    multiple=True,
+    metavar="NAME",
+    help="A subprotocol the server supports, repeatable: the first the client offers is "
+    "accepted unless the app picks one (Daphne's --ws-protocol; Daphne's 'NAME NAME' works).",
 )
 @option(
     "--ws-per-message-deflate/--no-ws-per-message-deflate",
@@ -442,10 +555,13 @@ LISTEN, TLS, APP, PROXY, HTTP, WS, LOG = GROUPS[:7]
 @option(
     "--access-log",
     group=LOG,
+    default=_DEFAULTS["access_log"],
     metavar="PATH",
-    show_default="off",
-    help="Write one line per request to PATH, or to stdout with -.",
+    show_default="stdout, unless -v 0",
+    help="Where the access log goes (requests, WebSocket connect/accept/close): PATH or - "
+    "(stdout).",
 )
+@option("--no-access-log", group=LOG, is_flag=True, help="Write no access log.")
 @option(
     "-v",
     "--verbosity",
@@ -479,8 +595,10 @@ def main(**options: Any) -> None:
       roomcast serve -u /run/app.sock --access-log - myproject.asgi:application
     """
     ctx = click.get_current_context()
-    _check_listen_options(ctx, options)
+    options["listen_tcp"] = _tcp_asked(ctx, options)
+    options["access_log"] = _access_log(ctx, options)
     _check_proxy_options(ctx, options)
+    _check_reload_options(ctx, options)
     try:
         config = build_config(options)
     except ConfigError as exc:
@@ -500,6 +618,8 @@ def build_config(options: dict[str, Any]) -> Config:
         port=options["port"],
         uds=options["unix_socket"],
         fd=options["fd"],
+        endpoints=list(options.get("endpoints", ())),
+        listen_tcp=options.get("listen_tcp"),
         root_path=options["root_path"].rstrip("/"),
         proxy_headers=options["proxy_headers"],
         forwarded_allow_ips=allowed,
@@ -508,6 +628,9 @@ def build_config(options: dict[str, Any]) -> Config:
         ping_interval=options["ping_interval"],
         ping_timeout=options["ping_timeout"],
         websocket_max_message_size=options["websocket_max_message_size"],
+        websocket_max_frame_size=options["websocket_max_frame_size"],
+        ws_protocols=list(options["ws_protocols"]),
+        asgi_protocol=options["asgi_protocol"],
         websocket_per_message_deflate=options["ws_per_message_deflate"],
         websocket_write_buffer=options["websocket_write_buffer"],
         websocket_write_timeout=options["websocket_write_timeout"],
@@ -535,16 +658,26 @@ def build_config(options: dict[str, Any]) -> Config:
         proxy_headers_host=options["proxy_headers_host"],
         proxy_headers_port=options["proxy_headers_port"],
         log_fmt=options["log_fmt"],
+        loop_lag_threshold=options["loop_lag_threshold"],
+        reload=options["reload"],
+        reload_dirs=list(options["reload_dirs"]),
+        reload_includes=list(options["reload_includes"]),
+        reload_excludes=list(options["reload_excludes"]),
+        health_path=options["health_path"] or None,
+        ready_path=options["ready_path"] or None,
     )
 
 
 def serve(config: Config) -> None:
     """Run one server, or a worker supervisor, and turn user mistakes into one line."""
+    from roomcast.gateway.reload import Reloader
     from roomcast.gateway.server import Server
     from roomcast.gateway.workers import Supervisor, WorkersFailed
 
     try:
-        if config.workers > 1:
+        if config.reload:
+            Reloader(config).run()
+        elif config.workers > 1:
             Supervisor(config).run()
         else:
             Server(config).run()
@@ -561,19 +694,42 @@ def fail(message: str, status: int) -> NoReturn:
     sys.exit(status)
 
 
-def _check_listen_options(ctx: click.Context, options: dict[str, Any]) -> None:
-    """-u and --fd replace host/port: refuse combinations that would be silently ignored."""
-    given = {
-        name
-        for name in ("bind", "port", "unix_socket", "fd")
-        if ctx.get_parameter_source(name)
-        in (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)
-        and options[name] is not None
-    }
-    if {"unix_socket", "fd"} <= given:
-        raise click.UsageError("give either --unix-socket or --fd, not both")
-    if given & {"unix_socket", "fd"} and given & {"bind", "port"}:
-        raise click.UsageError("--unix-socket and --fd replace --bind/--port; give one of them")
+def _given(ctx: click.Context, name: str) -> bool:
+    source = ctx.get_parameter_source(name)
+    return source in (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)
+
+
+def _tcp_asked(ctx: click.Context, options: dict[str, Any]) -> bool | None:
+    """As Daphne: -b/-p add a TCP listener beside -u/--fd/-e; without them, TCP only when
+    nothing else is given (None lets Config decide that)."""
+    return True if _given(ctx, "bind") or _given(ctx, "port") else None
+
+
+def _access_log(ctx: click.Context, options: dict[str, Any]) -> str | None:
+    """Daphne's rule: stdout by default, off at -v 0 unless --access-log names a target."""
+    if options["no_access_log"]:
+        return None
+    if _given(ctx, "access_log"):
+        target: str | None = options["access_log"]
+        return target
+    return "-" if options["verbosity"] >= 1 else None
+
+
+def _check_reload_options(ctx: click.Context, options: dict[str, Any]) -> None:
+    if options["reload"]:
+        if options["workers"] > 1:
+            raise click.UsageError(
+                "--reload runs one server process and restarts it: it cannot go with "
+                f"--workers {options['workers']}"
+            )
+        for directory in options["reload_dirs"]:
+            if not os.path.isdir(directory):
+                raise click.UsageError(f"--reload-dir {directory!r} is not a directory")
+        return
+    for name in ("reload_dirs", "reload_includes", "reload_excludes"):
+        if options[name]:
+            flag = "--" + name.replace("_", "-").rstrip("s")
+            raise click.UsageError(f"{flag} needs --reload")
 
 
 def _check_proxy_options(ctx: click.Context, options: dict[str, Any]) -> None:

@@ -1,7 +1,8 @@
 """One typed Config object: the CLI only fills it, everything else reads it.
 
 It also loads the application (``module:attribute``, optionally a factory) and wraps ASGI 2
-style applications, so the rest of the gateway sees only ASGI 3 callables.
+style applications with asgiref (``--asgi-protocol``: auto-detected as Daphne does, or forced),
+so the rest of the gateway sees only ASGI 3 callables.
 """
 
 from __future__ import annotations
@@ -18,6 +19,9 @@ import sys
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
+
+from asgiref.compatibility import double_to_single_callable, is_double_callable
+from roomcast.gateway.endpoints import Endpoint, EndpointError, TLSFiles, parse_endpoint
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -48,14 +52,21 @@ class Config:
     port: int = 8000
     uds: str | None = None
     fd: int | None = None
+    endpoints: list[str] = field(default_factory=list)  # Daphne's -e strings (endpoints.py)
+    # Whether host/port is listened on beside uds/fd/endpoints: None, as in Daphne, when none
+    # of those is given (the CLI sets True when -b or -p is).
+    listen_tcp: bool | None = None
     root_path: str = ""
     proxy_headers: bool = False
     forwarded_allow_ips: list[str] = field(default_factory=lambda: ["127.0.0.1"])
-    access_log: str | None = None  # a path, "-" for stdout, None for off
+    access_log: str | None = "-"  # a path, "-" for stdout (Daphne's default), None for off
     verbosity: int = 1
     ping_interval: float = 20.0
     ping_timeout: float = 30.0
-    websocket_max_message_size: int = MIB
+    websocket_max_message_size: int = MIB  # 0: no limit (Daphne's meaning; not advisable)
+    websocket_max_frame_size: int = MIB  # one frame's payload on the wire; 0: no limit
+    ws_protocols: list[str] = field(default_factory=list)  # subprotocols the server picks
+    asgi_protocol: Literal["auto", "asgi2", "asgi3"] = "auto"
     websocket_per_message_deflate: bool = True
     websocket_write_buffer: int = MIB  # bytes queued for a client that does not read
     websocket_write_timeout: float = 10.0  # seconds over that limit before we close 1008
@@ -84,6 +95,13 @@ class Config:
     proxy_headers_host: str = "X-Forwarded-For"  # with proxy_headers: the client's address
     proxy_headers_port: str = "X-Forwarded-Port"  # with proxy_headers: the client's port
     log_fmt: str = LOG_FORMAT  # logging format of roomcast.gateway.error (not the access log)
+    loop_lag_threshold: float = 1.0  # seconds the loop may be blocked before a warning; 0: off
+    reload: bool = False  # --reload: a supervisor restarts the server on changes (reload.py)
+    reload_dirs: list[str] = field(default_factory=list)  # default: the current directory
+    reload_includes: list[str] = field(default_factory=list)  # globs beside *.py
+    reload_excludes: list[str] = field(default_factory=list)
+    health_path: str | None = None  # answered by the gateway: 200 while the loop turns
+    ready_path: str | None = None  # answered by the gateway: 503 while not ready (probes.py)
 
     def __post_init__(self) -> None:
         for name in ("port", "workers", "backlog", "limit_request_body", "limit_request_head"):
@@ -103,8 +121,17 @@ class Config:
                 "h2_max_concurrent_streams must be between 1 and 2**31-1, "
                 f"got {self.h2_max_concurrent_streams!r}"
             )
-        if self.websocket_max_message_size <= 0:
-            raise ConfigError("websocket_max_message_size must be positive")
+        for name in ("websocket_max_message_size", "websocket_max_frame_size"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 0:
+                raise ConfigError(f"{name} must be a number of bytes (0: no limit), got {value!r}")
+        if self.asgi_protocol not in ("auto", "asgi2", "asgi3"):
+            raise ConfigError(
+                f"asgi_protocol must be auto, asgi2 or asgi3, got {self.asgi_protocol!r}"
+            )
+        for protocol in self.ws_protocols:
+            if not HEADER_NAME.fullmatch(protocol):
+                raise ConfigError(f"WebSocket subprotocol {protocol!r} is not a token")
         for name in ("http_timeout", "websocket_timeout", "websocket_connect_timeout"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, (int, float)) or not value > 0):
@@ -113,26 +140,60 @@ class Config:
             if not HEADER_NAME.fullmatch(getattr(self, name)):
                 raise ConfigError(f"{name} {getattr(self, name)!r} is not a header name")
         check_log_format(self.log_fmt)
+        for name in ("health_path", "ready_path"):
+            value = getattr(self, name)
+            if value is not None and (not value.startswith("/") or "?" in value or " " in value):
+                raise ConfigError(f"{name} {value!r} must be a path starting with /, no query")
+        if self.reload and self.workers > 1:
+            raise ConfigError("--reload runs one server process: it cannot go with --workers")
+        if self.health_path and self.health_path == self.ready_path:
+            raise ConfigError("--health-path and --ready-path must differ")
         # Header names as connections hand them over: lower-cased bytes.
         self.proxy_host_header = self.proxy_headers_host.lower().encode("latin-1")
         self.proxy_port_header = self.proxy_headers_port.lower().encode("latin-1")
         self._forwarded_networks = [
             _network(entry) for entry in self.forwarded_allow_ips if entry != "*"
         ]
+        try:
+            self._endpoints = [parse_endpoint(text) for text in self.endpoints]
+        except EndpointError as exc:
+            raise ConfigError(str(exc)) from None
+        self._ssl_contexts: dict[TLSFiles, ssl.SSLContext] = {}
 
     @property
-    def is_ssl(self) -> bool:
-        return bool(self.ssl_certfile)
+    def has_probes(self) -> bool:
+        """A probe path is set: the server answers it itself (see probes.py)."""
+        return bool(self.health_path or self.ready_path)
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickled for worker processes: without the loaded TLS contexts (not picklable)."""
+        state = self.__dict__.copy()
+        state["_ssl_contexts"] = {}
+        return state
 
     @property
-    def bind_description(self) -> str:
-        scheme = "https" if self.is_ssl else "http"
-        if self.uds:
-            return f"unix:{self.uds}"
+    def tls_files(self) -> TLSFiles | None:
+        """``--ssl-certfile``/``--ssl-keyfile``: for host/port, ``-u`` and ``--fd`` listeners."""
+        if not self.ssl_certfile or not self.ssl_keyfile:
+            return None
+        return TLSFiles(self.ssl_certfile, self.ssl_keyfile, self.ssl_keyfile_password)
+
+    def listeners(self) -> list[Endpoint]:
+        """Every socket to listen on: host/port (see ``listen_tcp``), ``fd``, ``uds``, then
+        the ``endpoints`` strings, as Daphne listens on all it is given."""
+        found: list[Endpoint] = []
+        tcp = self.listen_tcp
+        if tcp is None:
+            tcp = not (self.uds or self.fd is not None or self.endpoints)
+        tls = self.tls_files
+        if tcp:
+            found.append(Endpoint("tcp", host=self.host.strip("[]"), port=self.port, tls=tls))
         if self.fd is not None:
-            return f"fd://{self.fd}"
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{scheme}://{host}:{self.port}"
+            found.append(Endpoint("fd", fileno=self.fd, tls=tls))
+        if self.uds:
+            found.append(Endpoint("unix", path=self.uds, tls=tls))
+        found.extend(self._endpoints)
+        return found
 
     def trusts_proxy(self, client_host: str | None) -> bool:
         """Whether proxy headers from ``client_host`` are honoured (``--forwarded-allow-ips``)."""
@@ -163,20 +224,24 @@ class Config:
         factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
         return factory
 
-    def ssl_context(self) -> ssl.SSLContext | None:
-        if not self.ssl_certfile:
+    def ssl_context(self, tls: TLSFiles | None = None) -> ssl.SSLContext | None:
+        """The TLS context of ``tls`` (default: ``--ssl-certfile``/``--ssl-keyfile``), loaded
+        once; None for a cleartext listener. Files that do not load are a ConfigError."""
+        tls = tls or self.tls_files
+        if tls is None:
             return None
+        context = self._ssl_contexts.get(tls)
+        if context is not None:
+            return context
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         try:
-            context.load_cert_chain(
-                self.ssl_certfile, self.ssl_keyfile, password=self.ssl_keyfile_password
-            )
+            context.load_cert_chain(tls.certfile, tls.keyfile, password=tls.password)
         except (OSError, ssl.SSLError) as exc:
             raise ConfigError(
-                f"cannot load TLS certificate {self.ssl_certfile!r} / key "
-                f"{self.ssl_keyfile!r}: {exc}"
+                f"cannot load TLS certificate {tls.certfile!r} / key {tls.keyfile!r}: {exc}"
             ) from exc
         context.set_alpn_protocols(["h2", "http/1.1"] if self.http2 else ["http/1.1"])
+        self._ssl_contexts[tls] = context
         return context
 
     def load_app(self) -> ASGIApp:
@@ -190,8 +255,8 @@ class Config:
             app = app()
         if not callable(app):
             raise ConfigError(f"{self.app!r} is not an ASGI application (not callable)")
-        if _is_asgi2(app):
-            return _ASGI2Adapter(app)
+        if self.asgi_protocol == "asgi2" or (self.asgi_protocol == "auto" and _is_asgi2(app)):
+            return double_to_single_callable(app)  # type: ignore[no-any-return,no-untyped-call]
         return app  # type: ignore[no-any-return]
 
 
@@ -236,24 +301,15 @@ def import_from_string(path: str) -> Any:
 
 
 def _is_asgi2(app: Any) -> bool:
-    """ASGI 2 apps are classes instantiated with the scope, or callables of one argument."""
+    """``--asgi-protocol auto``, as in Daphne: asgiref's ``is_double_callable``, except that a
+    plain function taking ``(scope, receive, send)`` (returning a coroutine, say) is ASGI 3."""
+    if not is_double_callable(app):  # type: ignore[no-untyped-call]
+        return False
     if inspect.isclass(app):
         return True
-    call = app if inspect.isroutine(app) else type(app).__call__
-    if inspect.iscoroutinefunction(call):
-        return False
     try:
-        return len(inspect.signature(app).parameters) == 1
+        parameters = inspect.signature(app).parameters.values()
     except (TypeError, ValueError):
-        return False
-
-
-class _ASGI2Adapter:
-    """Runs an ASGI 2 ``app(scope)`` → ``instance(receive, send)`` as ASGI 3."""
-
-    def __init__(self, app: Any) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        instance = self.app(scope)
-        await instance(receive, send)
+        return True
+    positional = [p for p in parameters if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    return len(positional) < 3 and not any(p.kind is p.VAR_POSITIONAL for p in parameters)

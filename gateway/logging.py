@@ -1,14 +1,28 @@
 """The gateway's loggers: ``roomcast.gateway.error`` (diagnostics), ``roomcast.gateway.access``.
 
 Only these loggers are configured, never the root logger, so an application's own logging
-(Django's ``LOGGING``, for one) is left alone. The access log is off unless ``--access-log``
-names a file or ``-`` (stdout): ``log_access`` then costs one ``isEnabledFor`` call.
+(Django's ``LOGGING``, for one) is left alone. The access log, as in Daphne, goes to stdout
+unless ``--access-log PATH`` names a file; ``--no-access-log`` (or ``-v 0`` without
+``--access-log``) turns it off, and ``log_access`` then costs one ``isEnabledFor`` call.
+
+Its lines, after the time (Daphne's NCSA-like shapes, with a few more fields)::
+
+    127.0.0.1:51000 - "GET /path?q=1 HTTP/1.1" 200 12 0.8ms
+    127.0.0.1:51002 - "WSCONNECTING /chat/" - -
+    127.0.0.1:51002 - "WSCONNECT /chat/" 101 - 3.1ms          (200 over HTTP/2)
+    127.0.0.1:51004 - "WSREJECT /chat/" 403 - 1.2ms
+    127.0.0.1:51002 - "WSDISCONNECT /chat/" 1000 - 5210.4ms client in=3 out=4
+
+The WSDISCONNECT line holds the close code, who ended the session (``client``: its Close
+frame or a lost connection, 1006; ``app``: ``websocket.close`` or the app returning;
+``server``: shutdown, a limit, a timeout) and the time since the handshake began.
 """
 
 from __future__ import annotations
 
 import logging
 import sys
+from typing import Any
 
 from roomcast.gateway.config import LOG_FORMAT, Config, ConfigError
 
@@ -81,15 +95,9 @@ def log_access(
     """
     if not access_logger.isEnabledFor(logging.INFO):
         return
-    if client is None:
-        peer = "-"
-    elif ":" in client[0]:
-        peer = f"[{client[0]}]:{client[1]}"
-    else:
-        peer = f"{client[0]}:{client[1]}"
     access_logger.info(
         '%s - "%s %s HTTP/%s" %d %d %.1fms',
-        peer,
+        _peer(client),
         method,
         path,
         http_version,
@@ -97,3 +105,47 @@ def log_access(
         size,
         duration * 1000.0,
     )
+
+
+def log_websocket(
+    scope: Any,
+    event: str,
+    status: int | None,
+    duration: float,
+    by: str | None = None,
+    counts: tuple[int, int] | None = None,
+) -> None:
+    """One WebSocket line (see the module's docstring): ``event`` is WSCONNECTING,
+    WSCONNECT, WSREJECT or WSDISCONNECT; ``status`` the HTTP status, or the close code."""
+    if not access_logger.isEnabledFor(logging.INFO):
+        return
+    query = scope["query_string"]
+    target = (scope["raw_path"] + (b"?" + query if query else b"")).decode("latin-1")
+    peer = _peer(scope.get("client"))
+    if event == "WSCONNECTING":
+        access_logger.info('%s - "%s %s" - -', peer, event, target)
+    elif by is None:
+        access_logger.info(
+            '%s - "%s %s" %s - %.1fms', peer, event, target, status, duration * 1000.0
+        )
+    else:
+        received, sent = counts or (0, 0)
+        access_logger.info(
+            '%s - "%s %s" %s - %.1fms %s in=%d out=%d',
+            peer,
+            event,
+            target,
+            status,
+            duration * 1000.0,
+            by,
+            received,
+            sent,
+        )
+
+
+def _peer(client: tuple[str, int] | None) -> str:
+    if client is None:
+        return "-"  # a unix socket's peer
+    if ":" in client[0]:
+        return f"[{client[0]}]:{client[1]}"
+    return f"{client[0]}:{client[1]}"

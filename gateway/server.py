@@ -8,7 +8,10 @@ is already open during the app's start-up, so early clients queue instead of bei
 Shutdown: the first signal stops accepting, asks each connection to finish
 (``Connection.shutdown``), waits up to ``graceful_timeout`` for them to go, aborts the rest,
 cancels tasks left over and runs the lifespan shutdown. A second signal skips the waiting and
-the lifespan shutdown.
+the lifespan shutdown. The signal handlers are Python-level ones, so they run even while an
+application blocks the loop; the :mod:`~roomcast.gateway.watchdog` thread then ends the
+process if the loop is still blocked past the graceful timeout (and warns, meanwhile, about a
+loop blocked longer than ``loop_lag_threshold``).
 """
 
 from __future__ import annotations
@@ -23,19 +26,30 @@ import socket
 import stat
 import threading
 from collections.abc import Callable, Coroutine, Sequence
-from typing import Any
+from types import FrameType
+from typing import Any, NamedTuple
 
 from roomcast.gateway.config import ASGIApp, Config, ConfigError
+from roomcast.gateway.endpoints import Endpoint
 from roomcast.gateway.lifespan import Lifespan
 from roomcast.gateway.logging import configure_logging
 from roomcast.gateway.state import Connection, ServerState
+from roomcast.gateway.watchdog import LoopWatchdog
 
 logger = logging.getLogger("roomcast.gateway.error")
 
 ProtocolFactory = Callable[[Config, ASGIApp, ServerState], asyncio.Protocol]
 HANDLED_SIGNALS: tuple[signal.Signals, ...] = (signal.SIGINT, signal.SIGTERM)
+RESTART_SIGNAL = signal.SIGUSR1  # --reload's child: stop as a restart (WebSockets close 1012)
 DRAIN_POLL = 0.02  # seconds between looks at the connections left while draining
 CANCEL_GRACE = 1.0  # seconds for cancelled tasks and aborted connections to go
+
+
+class Listener(NamedTuple):
+    """A listening socket and the endpoint it was opened for (its TLS files, its backlog)."""
+
+    sock: socket.socket
+    endpoint: Endpoint
 
 
 class Server:
@@ -57,9 +71,12 @@ class Server:
         self.install_signal_handlers = True
         self.handled_signals = HANDLED_SIGNALS
         self.sockets: list[socket.socket] = []
+        self.listeners: list[Listener] = []
         self.servers: list[asyncio.Server] = []
+        self.watchdog: LoopWatchdog | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
 
-    def run(self, sockets: Sequence[socket.socket] | None = None) -> None:
+    def run(self, sockets: Sequence[socket.socket | Listener] | None = None) -> None:
         """Serve until stopped. Raises ConfigError or LifespanFailure for the CLI to report."""
         with asyncio.Runner(loop_factory=self.config.loop_factory()) as runner:
             runner.run(self.serve(sockets))
@@ -71,33 +88,46 @@ class Server:
             self.force_exit.set()
         self.should_exit.set()
 
-    async def serve(self, sockets: Sequence[socket.socket] | None = None) -> None:
-        """Serve on ``sockets`` (inherited, e.g. from the worker supervisor) or on new ones."""
+    async def serve(self, sockets: Sequence[socket.socket | Listener] | None = None) -> None:
+        """Serve on ``sockets`` (inherited, e.g. from the worker supervisor) or on new ones.
+
+        Bare sockets get ``--ssl-certfile``'s TLS, if any; a Listener its endpoint's.
+        """
         config = self.config
         configure_logging(config)
         app = config.load_app()
-        ssl_context = config.ssl_context()
         own_sockets = sockets is None
-        self.sockets = bind_sockets(config) if sockets is None else list(sockets)
-        loop = asyncio.get_running_loop()
-        installed = self._install_signal_handlers(loop)
+        if sockets is None:
+            for endpoint in config.listeners():
+                config.ssl_context(endpoint.tls)  # bad TLS files fail before binding
+            listeners = bind_listeners(config)
+        else:
+            listeners = [adopt(config, sock) for sock in sockets]
+        self.sockets = [listener.sock for listener in listeners]
+        self.listeners = listeners
+        loop = self._loop = asyncio.get_running_loop()
+        self.watchdog = LoopWatchdog(loop, config.loop_lag_threshold, config.graceful_timeout)
+        self.watchdog.start()
+        installed = self._install_signal_handlers()
         lifespan = Lifespan(app, config, self.state)
+        # With probe paths, listen during the start-up too: probes are answered, requests for
+        # the app wait for the start-up (see probes.py). Without, connections wait in the
+        # backlog until the app is ready.
+        early = config.has_probes
+        gated = _after(self.started, app)
+        self.state.app_started = False
         try:
+            if early:
+                await self._listen(listeners, lambda: app if self.started.is_set() else gated)
             if not await self._until_exit(lifespan.startup()):
                 await lifespan.cancel()
                 return
-            factory = self._protocol_factory()
-            for sock in self.sockets:
-                server = await loop.create_server(
-                    lambda: factory(config, app, self.state),
-                    sock=sock,
-                    ssl=ssl_context,
-                    backlog=config.backlog,
-                )
-                self.servers.append(server)
+            self.state.app_started = True
+            if not early:
+                await self._listen(listeners, lambda: app)
             if own_sockets:
-                for sock in self.sockets:
-                    logger.info("Listening on %s", describe_socket(sock, ssl_context is not None))
+                for sock, endpoint in listeners:
+                    logger.info("Listening on %s", describe_socket(sock, endpoint.tls is not None))
             else:
                 logger.info("Worker process %d serving", os.getpid())
             self.started.set()
@@ -110,12 +140,15 @@ class Server:
                 await self._until_exit(lifespan.shutdown(), force_only=True)
                 await lifespan.cancel()
         finally:
-            for sig in installed:
-                loop.remove_signal_handler(sig)
+            for sig, previous in installed:
+                signal.signal(sig, previous)
+            self.watchdog.stop()
+            for conn in list(self.state.connections):  # a failed start-up leaves some
+                conn.abort()
             for server in self.servers:
                 server.close()
             if own_sockets:
-                close_sockets(self.sockets, config)
+                close_sockets(listeners, config)
 
     async def _until_exit(self, work: Coroutine[Any, Any, None], force_only: bool = False) -> bool:
         """Run ``work`` unless a (forced) exit comes first; True if it completed."""
@@ -134,6 +167,20 @@ class Server:
             await task
         return False
 
+    async def _listen(self, listeners: Sequence[Listener], app: Callable[[], ASGIApp]) -> None:
+        """Start accepting on every listener; ``app()`` is what a new connection runs."""
+        loop = asyncio.get_running_loop()
+        factory = self._protocol_factory()
+        config = self.config
+        for sock, endpoint in listeners:
+            server = await loop.create_server(
+                lambda: factory(config, app(), self.state),
+                sock=sock,
+                ssl=config.ssl_context(endpoint.tls),
+                backlog=endpoint.backlog or config.backlog,
+            )
+            self.servers.append(server)
+
     def _protocol_factory(self) -> ProtocolFactory:
         if self.protocol is not None:
             return self.protocol
@@ -145,17 +192,28 @@ class Server:
         """Stop accepting, let connections finish, then abort the rest and cancel tasks."""
         state = self.state
         state.closing = True
-        for server in self.servers:
-            server.close()
+        # With probe paths, keep accepting: the probes say 503 (readiness) and 200 (liveness)
+        # until we exit, other new requests get 503. Only the connections open now are waited
+        # for; those accepted later answer once and close by themselves.
+        keep_listening = self.config.has_probes
+        if not keep_listening:
+            for server in self.servers:
+                server.close()
         logger.info("Shutting down%s", " (restart)" if self.restart else "")
         told: set[Connection] = set()
+        waited = set(state.connections)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.config.graceful_timeout
         forced = asyncio.ensure_future(self.force_exit.wait())
         try:
-            while state.connections and not forced.done() and loop.time() < deadline:
-                for conn in list(state.connections - told):
-                    told.add(conn)  # connections accepted meanwhile are told too
+            while (
+                (waited & state.connections if keep_listening else state.connections)
+                and not forced.done()
+                and loop.time() < deadline
+            ):
+                fresh = (waited if keep_listening else state.connections) - told
+                for conn in list(fresh & state.connections):
+                    told.add(conn)  # without probes, connections accepted meanwhile too
                     conn.shutdown(restart=self.restart)
                 await asyncio.wait([forced], timeout=min(DRAIN_POLL, deadline - loop.time()))
         finally:
@@ -176,53 +234,102 @@ class Server:
         if tasks:
             await asyncio.wait(tasks, timeout=CANCEL_GRACE)
 
-    def _install_signal_handlers(self, loop: asyncio.AbstractEventLoop) -> list[signal.Signals]:
+    def _install_signal_handlers(self) -> list[tuple[signal.Signals, Any]]:
+        """Python-level handlers, not ``loop.add_signal_handler``: those run only when the
+        loop turns, these between two bytecodes even while an app blocks the loop, so the
+        watchdog learns of the stop (see :mod:`roomcast.gateway.watchdog`)."""
         if not self.install_signal_handlers:
             return []
         if threading.current_thread() is not threading.main_thread():
             return []  # only the main thread may; an embedding caller handles signals itself
-        for sig in self.handled_signals:
-            loop.add_signal_handler(sig, self._on_signal, sig)
-        return list(self.handled_signals)
+        return [(sig, signal.signal(sig, self._signal_received)) for sig in self.handled_signals]
+
+    def _signal_received(self, signum: int, frame: FrameType | None) -> None:
+        if self.watchdog is not None:
+            self.watchdog.stop_requested()
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(self._on_signal, signal.Signals(signum))
 
     def _on_signal(self, sig: signal.Signals) -> None:
         if self.should_exit.is_set():
             logger.warning("Received %s again: exiting now", sig.name)
             self.exit(force=True)
         else:
-            logger.info("Received %s: finishing requests in flight", sig.name)
-            self.exit()
+            restart = sig == RESTART_SIGNAL
+            logger.info(
+                "Received %s: finishing requests in flight%s",
+                sig.name,
+                " before a restart" if restart else "",
+            )
+            self.exit(restart=restart)
 
 
 # Listening sockets ------------------------------------------------------------------------
 
 
-def bind_sockets(config: Config) -> list[socket.socket]:
-    """The listening sockets ``config`` asks for: ``--fd``, ``--unix-socket`` or host/port.
+def bind_listeners(config: Config) -> list[Listener]:
+    """Open every socket ``config.listeners()`` names; all or none (a failure closes the rest).
 
     Errors (port in use, bad address, not a socket) are ConfigErrors: one line for the user.
     """
-    if config.fd is not None:
-        sock = _inherited_socket(config.fd)
-    elif config.uds:
-        sock = _unix_socket(config.uds)
-    else:
-        sock = _tcp_socket(config.host, config.port)
+    listeners: list[Listener] = []
     try:
-        sock.listen(config.backlog)
-    except OSError as exc:
-        sock.close()
-        raise ConfigError(f"cannot listen on {config.bind_description}: {_reason(exc)}") from exc
-    return [sock]
+        for endpoint in config.listeners():
+            sock = _open(endpoint)
+            listeners.append(Listener(sock, endpoint))
+            try:
+                sock.listen(endpoint.backlog or config.backlog)
+            except OSError as exc:
+                raise ConfigError(
+                    f"cannot listen on {endpoint.describe()}: {_reason(exc)}"
+                ) from exc
+    except ConfigError:
+        close_sockets(listeners, config)
+        raise
+    return listeners
 
 
-def close_sockets(sockets: Sequence[socket.socket], config: Config) -> None:
-    """Close what ``bind_sockets`` opened; remove the unix socket file we created."""
-    for sock in sockets:
+def bind_sockets(config: Config) -> list[socket.socket]:
+    """The sockets of :func:`bind_listeners`."""
+    return [listener.sock for listener in bind_listeners(config)]
+
+
+def adopt(config: Config, sock: socket.socket | Listener) -> Listener:
+    """An inherited socket as a Listener: as it came, or with ``--ssl-certfile``'s TLS."""
+    if isinstance(sock, Listener):
+        return sock
+    if sock.family == socket.AF_UNIX:
+        return Listener(sock, Endpoint("unix", path=_unix_path(sock), tls=config.tls_files))
+    host, port = sock.getsockname()[:2]
+    return Listener(sock, Endpoint("tcp", host=host, port=port, tls=config.tls_files))
+
+
+def close_sockets(sockets: Sequence[socket.socket | Listener], config: Config) -> None:
+    """Close what ``bind_sockets``/``bind_listeners`` opened; remove the unix socket files
+    created for ``config``'s unix listeners (not those of an inherited descriptor)."""
+    ours = {endpoint.path for endpoint in config.listeners() if endpoint.kind == "unix"}
+    for item in sockets:
+        sock = item.sock if isinstance(item, Listener) else item
+        path = item.endpoint.path if isinstance(item, Listener) else None
         with contextlib.suppress(OSError):
-            if sock.family == socket.AF_UNIX and config.uds and config.fd is None:
-                os.unlink(config.uds)
+            if sock.family == socket.AF_UNIX:
+                path = path or _unix_path(sock)
+                if path in ours:
+                    os.unlink(path)
         sock.close()
+
+
+def _unix_path(sock: socket.socket) -> str:
+    address = sock.getsockname()
+    return address.decode() if isinstance(address, bytes) else str(address)
+
+
+def _open(endpoint: Endpoint) -> socket.socket:
+    if endpoint.kind == "fd":
+        return _inherited_socket(endpoint.fileno)
+    if endpoint.kind == "unix":
+        return _unix_socket(endpoint.path, endpoint.mode)
+    return _tcp_socket(endpoint.host, endpoint.port)
 
 
 def describe_socket(sock: socket.socket, tls: bool = False) -> str:
@@ -250,14 +357,15 @@ def _tcp_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
-def _unix_socket(path: str) -> socket.socket:
+def _unix_socket(path: str, mode: int) -> socket.socket:
     _remove_stale_unix_socket(path)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         sock.bind(path)
-        # Like Daphne (Twisted's default), uvicorn and gunicorn: any local user may connect,
-        # so a proxy running as another user can; the directory's permissions still apply.
-        os.chmod(path, 0o666)
+        # 0o666 by default, like Daphne (Twisted's default), uvicorn and gunicorn: any local
+        # user may connect, so a proxy running as another user can; the directory's
+        # permissions still apply. ``-e unix:PATH:mode=660`` narrows it.
+        os.chmod(path, mode)
     except OSError as exc:
         sock.close()
         raise ConfigError(f"cannot listen on unix socket {path!r}: {_reason(exc)}") from exc
@@ -300,3 +408,14 @@ def _reason(exc: BaseException) -> str:
     if isinstance(exc, OSError) and exc.strerror:
         return exc.strerror[0].lower() + exc.strerror[1:]
     return str(exc)
+
+
+def _after(started: asyncio.Event, app: ASGIApp) -> ASGIApp:
+    """``app``, once ``started`` is set: requests that arrive during the start-up wait."""
+
+    async def gate(scope: Any, receive: Any, send: Any) -> None:
+        if not started.is_set():
+            await started.wait()
+        await app(scope, receive, send)
+
+    return gate

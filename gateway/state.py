@@ -37,6 +37,8 @@ class ServerState:
     app_state: dict[str, Any] = field(default_factory=dict)  # lifespan "state", per-scope copy
     counters: Counters = field(default_factory=Counters)
     closing: bool = False
+    app_started: bool = True  # the lifespan start-up completed (the Server sets it False first)
+    probes: Any = None  # probes.Probes, made on first use (see probes_of)
     active: int = 0  # requests and WebSockets the app is handling now
     server_header: bytes | None = b"roomcast"
     _date_second: int = 0

@@ -35,8 +35,9 @@ from roomcast.gateway.lifespan import LifespanFailure
 from roomcast.gateway.logging import configure_logging
 from roomcast.gateway.server import (
     HANDLED_SIGNALS,
+    Listener,
     Server,
-    bind_sockets,
+    bind_listeners,
     close_sockets,
     describe_socket,
 )
@@ -84,6 +85,7 @@ class Supervisor:
         self._signals = 0
         self._announced = False
         self._sockets: list[socket.socket] = []
+        self._listeners: list[Listener] = []
         self._crashes: list[float] = []
         self._context = multiprocessing.get_context("spawn")
 
@@ -99,14 +101,16 @@ class Supervisor:
     async def main(self) -> None:
         config = self.config
         configure_logging(config)
-        config.ssl_context()  # a bad TLS file is reported once, here, not by every worker
-        sockets = self._sockets = bind_sockets(config)
+        for endpoint in config.listeners():  # a bad TLS file is reported once, here
+            config.ssl_context(endpoint.tls)
+        listeners = self._listeners = bind_listeners(config)
+        self._sockets = [listener.sock for listener in listeners]
         loop = asyncio.get_running_loop()
         for sig in HANDLED_SIGNALS:
             loop.add_signal_handler(sig, self._on_signal, sig)
         try:
             keepers = [
-                asyncio.create_task(self._keep(index, sockets))
+                asyncio.create_task(self._keep(index, listeners))
                 for index in range(1, config.workers + 1)
             ]
             watchdog = asyncio.create_task(self._kill_stragglers())
@@ -120,7 +124,7 @@ class Supervisor:
                     worker.process.kill()
                     worker.process.join()
             if not self.stopping:  # stop() closed them already
-                close_sockets(sockets, config)
+                close_sockets(listeners, config)
         if self.failure is not None:
             raise self.failure
         logger.info("All workers stopped")
@@ -135,7 +139,7 @@ class Supervisor:
         self._stop.set()
         # Our copy of the listening socket would keep the port accepting into a backlog no
         # worker reads any more: close it now, so new clients are refused instead of hanging.
-        close_sockets(self._sockets, self.config)
+        close_sockets(self._listeners, self.config)
         self._signal_workers(signal.SIGTERM)
 
     def _on_signal(self, sig: signal.Signals) -> None:
@@ -154,7 +158,7 @@ class Supervisor:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, sig)
 
-    async def _keep(self, index: int, sockets: list[socket.socket]) -> None:
+    async def _keep(self, index: int, sockets: list[Listener]) -> None:
         """Keep worker ``index`` running until the supervisor stops."""
         while not self.stopping:
             worker = self._spawn(index, sockets)
@@ -204,7 +208,7 @@ class Supervisor:
             loop.remove_reader(fileno)
             worker.reports.close()
 
-    def _spawn(self, index: int, sockets: list[socket.socket]) -> _Worker:
+    def _spawn(self, index: int, sockets: list[Listener]) -> _Worker:
         reader, writer = self._context.Pipe(duplex=False)
         process = self._context.Process(
             target=worker_main,
@@ -240,10 +244,10 @@ class Supervisor:
             return
         self._announced = True
         pids = ", ".join(str(worker.process.pid) for worker in ready)
-        for sock in self._sockets:
+        for sock, endpoint in self._listeners:
             logger.info(
                 "Listening on %s with %d workers (pids %s; supervisor %d)",
-                describe_socket(sock, self.config.is_ssl),
+                describe_socket(sock, endpoint.tls is not None),
                 len(ready),
                 pids,
                 os.getpid(),
@@ -290,7 +294,7 @@ async def _wait_exit(process: BaseProcess) -> None:
 # In the worker process -----------------------------------------------------------------
 
 
-def worker_main(config: Config, sockets: list[socket.socket], reports: Pipe) -> None:
+def worker_main(config: Config, sockets: list[Listener], reports: Pipe) -> None:
     """A worker's entry point (it runs in a fresh interpreter: the "spawn" method)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor forwards Ctrl-C as SIGTERM
     server = Server(config)
@@ -306,7 +310,7 @@ def worker_main(config: Config, sockets: list[socket.socket], reports: Pipe) -> 
         sys.exit(3)
 
 
-async def _serve_worker(server: Server, sockets: list[socket.socket], reports: Pipe) -> None:
+async def _serve_worker(server: Server, sockets: list[Listener], reports: Pipe) -> None:
     watch = asyncio.create_task(_watch_parent(server, os.getppid()))
     serving = asyncio.create_task(server.serve(sockets))
     started = asyncio.create_task(server.started.wait())

@@ -182,6 +182,8 @@ class H2Carrier(_StreamPort):
 class H2WebSocketResponder:
     """The :class:`~.streams.websocket.WebSocketResponder` of an extended CONNECT."""
 
+    accept_status = 200  # what the access log shows for an accepted handshake
+
     def __init__(
         self, connection: HTTP2Connection, stream: H2Stream, offers: bytes, target: str
     ) -> None:
@@ -239,7 +241,7 @@ class H2WebSocketResponder:
             code = 1012 if restart else 1001
             handler = self.stream.handler
             if isinstance(handler, WebSocketStream):
-                handler.feed_disconnect(code)
+                handler.feed_disconnect(code, by="server")
             self.deny(503, [(b"content-length", b"0")], b"", end=True)
             return
         self.session.shutdown(restart)

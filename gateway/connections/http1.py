@@ -24,6 +24,7 @@ from typing import Any, cast
 import h11
 
 from ..config import ASGIApp, Config, Scope
+from ..probes import probes_of
 from ..state import ServerState
 from ..streams.http import HTTPStream, ProtocolViolation
 from ..streams.websocket import WebSocketStream
@@ -123,6 +124,7 @@ class HTTP1Connection(asyncio.Protocol):
         self.transport = cast(asyncio.Transport, transport)
         transport = self.transport
         self.state.connections.add(self)
+        self._closing = self.state.closing  # accepted while draining: one answer, then close
         self.client, self.server, self.scheme = socket_addresses(transport)
         if self.scheme == "https":
             self._sniffing = False  # over TLS, HTTP/2 is chosen by ALPN
@@ -293,8 +295,17 @@ class HTTP1Connection(asyncio.Protocol):
         if has_length and chunked:
             self._reject(400, "ambiguous message length (Content-Length with Transfer-Encoding)")
             return
+        app = self.app
+        if self.config.has_probes:
+            probe = probes_of(self.config, self.state).match(request.target)
+            if probe is not None:
+                app = probe  # answered whatever the load, upgrade headers or not
+                upgrade = b""
+            elif self.state.closing:  # accepted while draining: only probes are served
+                self._reject(503, "server shutting down")
+                return
         limit = self.config.limit_concurrency
-        if limit is not None and self.state.active >= limit:
+        if limit is not None and self.state.active >= limit and app is self.app:
             self.state.counters.rejected_overload += 1
             self._reject(503, "server at its concurrency limit")
             return
@@ -317,7 +328,13 @@ class HTTP1Connection(asyncio.Protocol):
         self._head_request = request.method == b"HEAD"
         self._http11 = request.http_version == b"1.1"
         self._keep_alive = self._http11 and b"close" not in connection
-        stream = self.stream = HTTPStream(self.app, scope, self, self.config.http_timeout)
+        stream = self.stream = HTTPStream(
+            app,
+            scope,
+            self,
+            self.config.http_timeout,
+            self.config.application_close_timeout,
+        )
         if expect == b"100-continue":
             stream.on_first_receive = self._continue
         self._run(stream.run())
@@ -386,6 +403,8 @@ class HTTP1Connection(asyncio.Protocol):
             handler,
             self.config.websocket_connect_timeout,
             self.config.websocket_timeout,
+            self.config.application_close_timeout,
+            self.config.ws_protocols,
         )
         handler.stream = stream
         trailing, _ = self.h11.trailing_data

@@ -52,6 +52,7 @@ import h2.settings
 from hyperframe.frame import GoAwayFrame
 
 from ..config import ASGIApp, Config, Scope
+from ..probes import probes_of
 from ..state import ServerState
 from ..streams.http import HTTPStream
 from ..streams.websocket import WebSocketStream
@@ -253,8 +254,16 @@ class HTTP2Connection(asyncio.Protocol):
             headers.insert(0, (b"host", authority))  # what HTTP/1.1 apps read the host from
         stream = self.streams[sid] = H2Stream(sid)
         stream.remote_ended = event.stream_ended is not None
+        app = self.app
+        if self.config.has_probes:
+            probe = None if method == b"CONNECT" else probes_of(self.config, self.state).match(path)
+            if probe is not None:
+                app = probe  # answered whatever the load
+            elif self.state.closing:  # accepted while draining: only probes are served
+                self._refuse(stream, 503, "server shutting down")
+                return
         limit = self.config.limit_concurrency
-        if limit is not None and self.state.active >= limit:
+        if limit is not None and self.state.active >= limit and app is self.app:
             self.state.counters.rejected_overload += 1
             self._refuse(stream, 503, "server at its concurrency limit")
             return
@@ -273,7 +282,7 @@ class HTTP2Connection(asyncio.Protocol):
         scope["type"] = "http"
         scope["method"] = method.decode("ascii", "replace")
         scope["extensions"] = {"http.response.trailers": {}}
-        self._start_http(stream, scope, body_complete=stream.remote_ended)
+        self._start_http(stream, scope, body_complete=stream.remote_ended, app=app)
 
     def _scope(self, path: bytes, headers: list[tuple[bytes, bytes]]) -> Scope:
         return request_scope(
@@ -287,9 +296,17 @@ class HTTP2Connection(asyncio.Protocol):
             scheme=self.scheme,
         )
 
-    def _start_http(self, stream: H2Stream, scope: Scope, body_complete: bool) -> None:
+    def _start_http(
+        self, stream: H2Stream, scope: Scope, body_complete: bool, app: ASGIApp | None = None
+    ) -> None:
         responder = H2Responder(self, stream)
-        handler = HTTPStream(self.app, scope, responder, self.config.http_timeout)
+        handler = HTTPStream(
+            app or self.app,
+            scope,
+            responder,
+            self.config.http_timeout,
+            self.config.application_close_timeout,
+        )
         stream.handler = handler
         if body_complete:
             handler.feed_body(b"", more=False)
@@ -323,6 +340,8 @@ class HTTP2Connection(asyncio.Protocol):
             responder,
             self.config.websocket_connect_timeout,
             self.config.websocket_timeout,
+            self.config.application_close_timeout,
+            self.config.ws_protocols,
         )
         stream.handler = handler
         stream.session = responder.session

@@ -23,12 +23,13 @@ def request_scope(
     """A scope without its ``type`` (and ``method``): the connection adds what it knows.
 
     ``target`` is the origin-form path with its query (``/a%20b?x=1``); the path is
-    percent-decoded, ``root_path`` prepended, and a trusted proxy's headers decide ``client``
-    and ``scheme``. ``state`` is a shallow copy of the lifespan's, per the ASGI spec.
+    percent-decoded, ``root_path`` prepended, and a trusted proxy's headers decide ``client``,
+    ``scheme`` and ``root_path`` (``Daphne-Root-Path``, which the app then does not see).
+    ``state`` is a shallow copy of the lifespan's, per the ASGI spec.
     """
     raw_path, _, query = target.partition(b"?")
-    client, scheme = from_proxy(config, headers, client, scheme)
-    root = config.root_path
+    client, scheme, proxy_root, headers = from_proxy(config, headers, client, scheme)
+    root = config.root_path if proxy_root is None else proxy_root
     return {
         "asgi": {"version": "3.0", "spec_version": "2.4"},
         "http_version": http_version,

@@ -34,10 +34,10 @@ from wsproto.extensions import Extension, PerMessageDeflate
 from wsproto.frame_protocol import CloseReason, FrameDecoder, FrameProtocol
 from wsproto.utilities import LocalProtocolError, generate_accept_token
 
-from ..config import Config
+from ..config import MIB, Config
 from ..state import ServerState
 from ..streams.http import ClientDisconnected
-from ..streams.websocket import WebSocketStream
+from ..streams.websocket import Closer, WebSocketStream
 
 logger = logging.getLogger("roomcast.gateway.error")
 
@@ -49,6 +49,7 @@ class BoundedDeflate(PerMessageDeflate):
 
     wsproto inflates without a bound, so a frame of a few kilobytes could grow to gigabytes
     before the message size check saw it. Beyond the bound the frame fails with 1009.
+    ``max_size`` 0 is Daphne's "no limit": no bound either.
     """
 
     def __init__(self, max_size: int) -> None:
@@ -62,7 +63,8 @@ class BoundedDeflate(PerMessageDeflate):
             return data
         assert self._decompressor is not None
         try:
-            inflated = self._decompressor.decompress(bytes(data), self.max_size + 1)
+            bound = self.max_size + 1 if self.max_size else 0  # zlib: 0 is no bound
+            inflated = self._decompressor.decompress(bytes(data), bound)
         except zlib.error:
             return CloseReason.INVALID_FRAME_PAYLOAD_DATA
         if self._decompressor.unconsumed_tail:
@@ -178,6 +180,53 @@ class TransportCarrier:
         self.transport.resume_reading()
 
 
+class FrameSizeGuard:
+    """Reads the frame headers in the incoming bytes and says when one declares a payload over
+    ``limit`` (``--websocket-max-frame-size``, as autobahn's ``maxFramePayloadSize`` in
+    Daphne: the payload on the wire, before inflating). wsproto hands out partial frames and
+    exposes no frame header, so this is checked beside it, at the header, before the payload
+    arrives. Cost: one small loop turn per frame."""
+
+    __slots__ = ("_head", "_skip", "limit")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._skip = 0  # payload bytes of the current frame still to come
+        self._head = b""  # a frame header split across reads
+
+    def feed(self, data: bytes) -> bool:
+        """False when a frame over the limit begins in ``data``."""
+        if self._head:
+            data, self._head = self._head + data, b""
+        size = len(data)
+        pos = 0
+        skip = self._skip
+        while True:
+            if skip:
+                if size - pos <= skip:
+                    self._skip = skip - (size - pos)
+                    return True
+                pos += skip
+                skip = 0
+            self._skip = 0
+            if size - pos < 2:
+                self._head = data[pos:]
+                return True
+            second = data[pos + 1]
+            length = second & 0x7F
+            extended = 2 if length == 126 else 8 if length == 127 else 0
+            head = 2 + extended + (4 if second & 0x80 else 0)  # + the masking key
+            if size - pos < head:
+                self._head = data[pos:]
+                return True
+            if extended:
+                length = int.from_bytes(data[pos + 2 : pos + 2 + extended], "big")
+            if length > self.limit:
+                return False
+            pos += head
+            skip = length
+
+
 class WebSocketSession:
     """Everything after the handshake, over a carrier: frames, limits, keep-alive, closing."""
 
@@ -198,6 +247,10 @@ class WebSocketSession:
         self._close_timer: asyncio.TimerHandle | None = None
         self.closed = False
         self.paused = False  # reading paused: the app is behind
+        # Daphne's 0 for "no limit": the limits, None when there is none.
+        self.max_message = config.websocket_max_message_size or None
+        frame_limit = config.websocket_max_frame_size
+        self._frames = FrameSizeGuard(frame_limit) if frame_limit else None
 
     @property
     def started(self) -> bool:
@@ -219,12 +272,19 @@ class WebSocketSession:
     def data_received(self, data: bytes) -> None:
         ws = self.ws
         if ws is None:
-            if len(self._pending) + len(data) > self.config.websocket_max_message_size:
+            limit = self.max_message or self.config.websocket_max_frame_size or MIB
+            if len(self._pending) + len(data) > limit:
                 self._abort()  # a client streaming frames before the handshake
                 return
             self._pending += data
             return
-        if ws.state is ConnectionState.CLOSED:
+        if ws.state is ConnectionState.CLOSED or self.closed:
+            return
+        if self._frames is not None and not self._frames.feed(data):
+            # No reading on past a frame we refuse: our Close goes out, then the connection.
+            self.close(1009, "frame too big")
+            self._gone(1009, "frame too big", by="server")
+            self._finish()
             return
         ws.receive_data(data)
         for event in ws.events():
@@ -245,11 +305,11 @@ class WebSocketSession:
         # The limit is in bytes; for text only non-ASCII needs encoding to count them.
         ascii_or_bytes = isinstance(part, bytes | bytearray) or part.isascii()
         self._size += len(part) if ascii_or_bytes else len(part.encode("utf-8"))
-        if self._size > self.config.websocket_max_message_size:
+        if self.max_message is not None and self._size > self.max_message:
             self._parts.clear()
             self._size = 0
             self.close(1009, "message too big")
-            self._gone(1009)
+            self._gone(1009, by="server")
             return
         self._parts.append(part)
         if not event.message_finished:
@@ -268,14 +328,15 @@ class WebSocketSession:
         assert ws is not None
         # REMOTE_CLOSING: the client's Close, which we echo. OPEN: wsproto could not parse a
         # frame (bad UTF-8, protocol error, too big) and names the code we must close with.
+        by: Closer = "server" if ws.state is ConnectionState.OPEN else "client"
         if ws.state in (ConnectionState.REMOTE_CLOSING, ConnectionState.OPEN):
             self._write(event.response())
-        self._gone(event.code, event.reason or "")
+        self._gone(event.code, event.reason or "", by=by)
         self._finish()
 
-    def _gone(self, code: int, reason: str = "") -> None:
+    def _gone(self, code: int, reason: str = "", by: Closer = "client") -> None:
         if self.stream is not None:
-            self.stream.feed_disconnect(code, reason)
+            self.stream.feed_disconnect(code, reason, by)
 
     def _write(self, event: Any) -> None:
         ws = self.ws
@@ -322,7 +383,7 @@ class WebSocketSession:
                         self.config.websocket_write_timeout,
                         carrier.buffered(),
                     )
-                    self._gone(1008, "client too slow")
+                    self._gone(1008, "client too slow", by="server")
                     self._abort()  # no Close frame: it could not get through the full buffer
                 raise ClientDisconnected("WebSocket client too slow: closed") from None
 
@@ -350,7 +411,7 @@ class WebSocketSession:
             return
         code = 1012 if restart else 1001
         self.close(code, "server restart" if restart else "server shutting down")
-        self._gone(code)
+        self._gone(code, by="server")
 
     def connection_lost(self) -> None:
         self.closed = True
@@ -394,7 +455,7 @@ class WebSocketSession:
     def _no_pong(self) -> None:
         self._pong_deadline = None
         logger.info("closing WebSocket %s: no pong within the ping timeout", self.target)
-        self._gone(1011, "keepalive ping timeout")
+        self._gone(1011, "keepalive ping timeout", by="server")
         self.close(1011, "keepalive ping timeout")
         self._finish()
 
@@ -411,6 +472,8 @@ class WebSocketHandler:
     h11 owns the connection until the 101 goes out (a denial is an ordinary response through
     it); from then on the socket is the :class:`WebSocketSession`'s.
     """
+
+    accept_status = 101  # what the access log shows for an accepted handshake
 
     def __init__(
         self,
@@ -501,7 +564,7 @@ class WebSocketHandler:
             return
         if self.h11.our_state is h11.SEND_RESPONSE:  # else the app's denial is under way
             if self.stream is not None:  # the app's accept now fails; it sees the disconnect
-                self.stream.feed_disconnect(1012 if restart else 1001)
+                self.stream.feed_disconnect(1012 if restart else 1001, by="server")
             self.deny(503, [(b"content-length", b"0"), (b"connection", b"close")], b"", True)
 
     def connection_lost(self) -> None:

@@ -88,8 +88,10 @@ class HTTPStream:
         scope: Scope,
         responder: Responder,
         http_timeout: float | None = None,
+        close_timeout: float | None = None,
     ) -> None:
-        """``http_timeout``: ``Config.http_timeout``, None for no limit; see ``run``."""
+        """``http_timeout``: ``Config.http_timeout``, None for no limit; see ``run``.
+        ``close_timeout``: ``Config.application_close_timeout``; see ``feed_disconnect``."""
         self.app = app
         self.scope = scope
         self.responder = responder
@@ -119,6 +121,10 @@ class HTTPStream:
         self._timer: asyncio.TimerHandle | None = None
         self._task: asyncio.Task[Any] | None = None
         self._timed_out = False
+        self.close_timeout = close_timeout
+        self._disconnect_delivered = False
+        self._kill_timer: asyncio.TimerHandle | None = None
+        self._killed = False
 
     # Fed by the connection ----------------------------------------------------------------
 
@@ -133,8 +139,32 @@ class HTTPStream:
         self._wake()
 
     def feed_disconnect(self) -> None:
+        """The client is gone: the app is told, and has ``close_timeout`` seconds to return."""
         self._disconnected = True
         self._wake()
+        self._arm_kill()
+
+    def _arm_kill(self) -> None:
+        """Daphne's ``--application-close-timeout``: an app running on after its client left
+        (its response done, or the client gone) is cancelled after that many seconds."""
+        task = self._task
+        if self.close_timeout is None or self._kill_timer is not None or task is None:
+            return
+        if not task.done():
+            loop = asyncio.get_running_loop()
+            self._kill_timer = loop.call_later(self.close_timeout, self._kill)
+
+    def _kill(self) -> None:
+        task = self._task
+        if task is None or task.done():
+            return
+        logger.warning(
+            "application still running %gs after its client left, on %s: cancelled",
+            self.close_timeout,
+            self._where(),
+        )
+        self._killed = True
+        task.cancel()
 
     def _wake(self) -> None:
         waiting = self._waiting
@@ -149,15 +179,16 @@ class HTTPStream:
         With ``http_timeout`` (Daphne's ``--http-timeout``), an app that has not sent
         ``http.response.start`` within that many seconds gets its client a 503 and is cancelled.
         """
+        self._task = asyncio.current_task()
         if self.http_timeout is not None:
-            self._task = asyncio.current_task()
             loop = asyncio.get_running_loop()
             self._timer = loop.call_later(self.http_timeout, self._on_http_timeout)
         try:
             await self.app(self.scope, self.receive, self.send)
         except asyncio.CancelledError:
-            if self._timed_out and self._task is not None and self._task.uncancel() == 0:
-                return  # our own cancellation: the 503 went out, the stream ends normally
+            ours = self._timed_out or self._killed
+            if ours and self._task is not None and self._task.uncancel() == 0:
+                return  # our own cancellation (a 503 went out, or a kill): the stream ends
             if not self.response_complete:
                 self.responder.abort()
             raise
@@ -185,6 +216,8 @@ class HTTPStream:
                     self._fail()
         finally:
             self._cancel_timer()
+            if self._kill_timer is not None:
+                self._kill_timer.cancel()
             self._log()
 
     def _cancel_timer(self) -> None:
@@ -245,7 +278,11 @@ class HTTPStream:
         )
 
     async def receive(self) -> Message:
-        """The body as buffered so far in one message, then ``http.disconnect`` when due."""
+        """The body as buffered so far in one message, then ``http.disconnect`` when due.
+
+        The disconnect is delivered once: later calls wait (until the app is cancelled), as in
+        Daphne, so an app that loops on ``receive()`` cannot spin and starve the process.
+        """
         while True:
             if self._body or (self._body_complete and not self._final_body_sent):
                 body = self._body
@@ -258,6 +295,10 @@ class HTTPStream:
                 self._final_body_sent = not more
                 return {"type": "http.request", "body": chunk, "more_body": more}
             if self._disconnected or self.response_complete:
+                if self._disconnect_delivered:
+                    await asyncio.get_running_loop().create_future()  # never set
+                self._disconnect_delivered = True
+                self._arm_kill()
                 return {"type": "http.disconnect"}
             first = self.on_first_receive
             if first is not None:

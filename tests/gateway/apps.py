@@ -167,12 +167,163 @@ async def startup_crashes(scope: Scope, receive: Receive, send: Send) -> None:
 
 
 async def dies_soon(scope: Scope, receive: Receive, send: Send) -> None:
-    """Starts, then kills its own process 0.3 s later: a worker that keeps crashing."""
+    """Starts, then kills its own process 0.3 s later: a worker that keeps crashing. With a
+    marker file, 1 s after ``ROOMCAST_TEST_SIBLINGS`` workers have started (so that the first
+    generation is up, however slowly the machine spawns them)."""
     if scope["type"] == "lifespan":
-        asyncio.get_running_loop().call_later(0.3, os._exit, 7)
+        asyncio.get_running_loop().create_task(_die_after_siblings())
         await lifespan(scope, receive, send)
         return
     await respond(send, b"still here")
+
+
+async def _die_after_siblings() -> None:
+    path = os.environ.get(MARKER_ENV)
+    siblings = int(os.environ.get("ROOMCAST_TEST_SIBLINGS", "0"))
+    for _ in range(3000):  # at most ~60 s
+        if not path or not siblings or _marks(path).count("startup") >= siblings:
+            break
+        await asyncio.sleep(0.02)
+    # The siblings' "ready" reach the supervisor a little after their start-up: give it time.
+    await asyncio.sleep(1.0 if siblings else 0.3)
+    os._exit(7)
+
+
+def _marks(path: str) -> list[str]:
+    try:
+        with open(path, encoding="utf-8") as marker:
+            return [line.split()[0] for line in marker if line.strip()]
+    except FileNotFoundError:
+        return []
+
+
+async def receive_forever(scope: Scope, receive: Receive, send: Send) -> None:
+    """A buggy app that keeps calling ``receive()`` after the disconnect: on WebSockets, and on
+    HTTP at ``/loop`` (after answering); ``hello`` elsewhere. Marks ``cancelled`` when the
+    server gives up on it (``--application-close-timeout``)."""
+    if scope["type"] == "lifespan":
+        await lifespan(scope, receive, send)
+        return
+    try:
+        if scope["type"] == "websocket":
+            await receive()
+            await send({"type": "websocket.accept"})
+            while True:
+                await receive()
+        if scope["path"] == "/loop":
+            await drain_body(receive)
+            await respond(send, b"looping")
+            while True:
+                await receive()
+    except asyncio.CancelledError:
+        mark("cancelled")
+        raise
+    await respond(send, b"hello")
+
+
+async def spin(scope: Scope, receive: Receive, send: Send) -> None:
+    """Burns the event loop (``while True: pass``) at ``/spin``; ``hello`` elsewhere."""
+    if scope["type"] == "lifespan":
+        await lifespan(scope, receive, send)
+        return
+    if scope["path"] == "/spin":
+        while True:
+            pass
+    await respond(send, b"hello")
+
+
+async def scope_echo(scope: Scope, receive: Receive, send: Send) -> None:
+    """Answers with what the scope says of the mount point: root_path, path and the header
+    names, as JSON (HTTP: the body; WebSocket: the first message, after accepting)."""
+    if scope["type"] == "lifespan":
+        await lifespan(scope, receive, send)
+        return
+    seen = {
+        "root_path": scope["root_path"],
+        "path": scope["path"],
+        "headers": [name.decode("latin-1") for name, _ in scope["headers"]],
+        "client": scope["client"],
+    }
+    if scope["type"] == "websocket":
+        await receive()
+        await send({"type": "websocket.accept"})
+        await send({"type": "websocket.send", "text": json.dumps(seen)})
+        while (await receive())["type"] != "websocket.disconnect":
+            pass
+        return
+    await respond(send, json.dumps(seen).encode(), content_type=b"application/json")
+
+
+async def websockets_for_the_log(scope: Scope, receive: Receive, send: Send) -> None:
+    """WebSockets for the access-log tests: ``/reject`` is refused (403), ``/app-close`` is
+    accepted then closed by the app with 4001, ``/pick`` accepts naming subprotocol ``mine``,
+    anything else echoes until the client leaves; ``hello`` for HTTP."""
+    if scope["type"] != "websocket":
+        await hello(scope, receive, send)
+        return
+    await receive()
+    if scope["path"] == "/reject":
+        await send({"type": "websocket.close"})
+        return
+    if scope["path"] == "/pick":
+        await send({"type": "websocket.accept", "subprotocol": "mine"})
+    else:
+        await send({"type": "websocket.accept"})
+    if scope["path"] == "/app-close":
+        await send({"type": "websocket.close", "code": 4001})
+        return
+    while True:
+        message = await receive()
+        if message["type"] == "websocket.disconnect":
+            return
+        await send({"type": "websocket.send", "text": message.get("text") or ""})
+
+
+class Asgi2Hello:
+    """An ASGI 2 application: instantiated with the scope, then called with receive/send."""
+
+    def __init__(self, scope: Scope) -> None:
+        self.scope = scope
+
+    async def __call__(self, receive: Receive, send: Send) -> None:
+        if self.scope["type"] == "lifespan":
+            await lifespan(self.scope, receive, send)
+            return
+        await respond(send, b"hello from ASGI 2")
+
+
+async def readiness_reporter(scope: Scope, receive: Receive, send: Send) -> None:
+    """Reports to :mod:`roomcast.readiness` as a channel layer would: ``/not-ready?key=K&
+    reason=R`` and ``/ready?key=K``; WebSocket echo; ``hello`` elsewhere."""
+    from roomcast import readiness
+
+    if scope["type"] != "http":
+        await echo(scope, receive, send)
+        return
+    query = {k: v[0] for k, v in parse_qs(scope["query_string"].decode()).items()}
+    if scope["path"] == "/not-ready":
+        readiness.report_not_ready(query["key"], query["reason"])
+    elif scope["path"] == "/ready":
+        readiness.report_ready(query["key"])
+    await hello(scope, receive, send)
+
+
+RELEASE_ENV = "ROOMCAST_TEST_RELEASE"
+
+
+async def slow_startup(scope: Scope, receive: Receive, send: Send) -> None:
+    """Its lifespan start-up completes only once the file named by ROOMCAST_TEST_RELEASE
+    exists; ``hello`` afterwards."""
+    if scope["type"] == "lifespan":
+        await receive()
+        release = os.environ[RELEASE_ENV]
+        while not os.path.exists(release):  # noqa: ASYNC240 - a test app polling a file
+            await asyncio.sleep(0.02)
+        await send({"type": "lifespan.startup.complete"})
+        await receive()
+        await send({"type": "lifespan.shutdown.complete"})
+        return
+    await respond(send, b"hello after startup")
 
 
 def make_hello() -> Any:
@@ -203,13 +354,16 @@ class GatewayProcess:
         env: Mapping[str, str] | None = None,
         pass_fds: Collection[int] = (),
         cwd: str | os.PathLike[str] = ROOT,
+        command: tuple[str, ...] = ("-m", "roomcast.gateway"),
     ) -> None:
+        """``command`` follows the interpreter: ``("-m", "roomcast", "serve")`` runs the
+        ``roomcast serve`` of a Procfile."""
         self.args = args
         self._stderr = tempfile.TemporaryFile()  # noqa: SIM115 - closed in __exit__
         self._stdout = tempfile.TemporaryFile()  # noqa: SIM115 - closed in __exit__
         full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "roomcast.gateway", *args],
+            [sys.executable, *command, *args],
             cwd=cwd,
             env=full_env,
             stdout=self._stdout,
@@ -245,6 +399,19 @@ class GatewayProcess:
 
     def wait_listening(self, timeout: float = 15.0) -> None:
         self.wait_for(r"Listening on", timeout=timeout)
+
+    def wait_accepting(self, port: int, timeout: float = 15.0) -> None:
+        """Wait until 127.0.0.1:``port`` takes connections (for ``-v 0``, which logs nothing)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            with socket.socket() as probe:
+                if probe.connect_ex(("127.0.0.1", port)) == 0:
+                    return
+            if self.proc.poll() is not None:
+                raise AssertionError(f"gateway exited ({self.proc.returncode}):\n{self.stderr}")
+            if time.monotonic() > deadline:
+                raise AssertionError(f"port {port} not accepting within {timeout}s")
+            time.sleep(0.02)
 
     def signal(self, sig: signal.Signals) -> None:
         self.proc.send_signal(sig)

@@ -79,6 +79,18 @@ def test_help_shows_sections_flags_and_the_env_prefix() -> None:
         "--proxy-headers-host",
         "--proxy-headers-port",
         "--log-fmt",
+        "--endpoint",
+        "--websocket-max-frame-size",
+        "--ws-protocol",
+        "--asgi-protocol",
+        "--no-access-log",
+        "--loop-lag-threshold",
+        "--health-path",
+        "--ready-path",
+        "--reload",
+        "--reload-dir",
+        "--reload-include",
+        "--reload-exclude",
     ):
         assert flag in text, flag
     assert "ROOMCAST_<OPTION>" in text
@@ -111,7 +123,9 @@ def test_every_flag_reaches_config(captured: list[Config]) -> None:
             *("--no-http2", "--h2-max-concurrent-streams", "16"),
             *("-t", "30", "--websocket_timeout", "600", "--websocket_connect_timeout", "2"),
             *("--proxy-headers-host", "X-Real-IP", "--proxy-headers-port", "X-Real-Port"),
-            *("--log-fmt", "%(levelname)s %(message)s"),
+            *("--log-fmt", "%(levelname)s %(message)s", "--loop-lag-threshold", "2.5"),
+            *("-e", "tcp:9002", "-e", "unix:/tmp/gw-e.sock", "--websocket-max-frame-size", "512"),
+            *("--ws-protocol", "chat", "--ws-protocol", "graphql-ws", "--asgi-protocol", "asgi3"),
             "--factory",
             "tests.gateway.apps:make_hello",
         ]
@@ -155,6 +169,12 @@ def test_every_flag_reaches_config(captured: list[Config]) -> None:
         proxy_headers_host="X-Real-IP",
         proxy_headers_port="X-Real-Port",
         log_fmt="%(levelname)s %(message)s",
+        loop_lag_threshold=2.5,
+        endpoints=["tcp:9002", "unix:/tmp/gw-e.sock"],
+        listen_tcp=True,
+        websocket_max_frame_size=512,
+        ws_protocols=["chat", "graphql-ws"],
+        asgi_protocol="asgi3",
     )
 
 
@@ -202,8 +222,8 @@ def test_environment_sets_every_kind_of_option(captured: list[Config]) -> None:
         (["--ping-interval", "soon", "a:b"], "not a valid float"),
         (["--lifespan", "maybe", "a:b"], "maybe"),
         (["--h2-max-concurrent-streams", "0", "a:b"], "not in the range 1<=x<=2147483647"),
-        (["-u", "/tmp/s", "--fd", "3", "a:b"], "either --unix-socket or --fd"),
-        (["-u", "/tmp/s", "-p", "9000", "a:b"], "replace --bind/--port"),
+        (["--asgi-protocol", "asgi4", "a:b"], "asgi4"),
+        (["--websocket-max-frame-size", "-1", "a:b"], "must be at least 0"),
         ([], "Missing argument 'APP'"),
     ],
 )

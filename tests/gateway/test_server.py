@@ -230,8 +230,10 @@ def test_access_log_lines(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
     assert capsys.readouterr().out.endswith('127.0.0.1:5000 - "GET / HTTP/1.1" 204 0 1.0ms\n')
 
 
-def test_access_log_is_off_unless_asked_and_verbosity_sets_levels() -> None:
-    configure_logging(Config(app="unused:app"))
+def test_access_log_is_on_unless_turned_off_and_verbosity_sets_levels() -> None:
+    configure_logging(Config(app="unused:app"))  # Daphne's default: stdout
+    assert logging.getLogger("roomcast.gateway.access").isEnabledFor(logging.INFO)
+    configure_logging(Config(app="unused:app", access_log=None))
     assert not logging.getLogger("roomcast.gateway.access").isEnabledFor(logging.CRITICAL)
     expected = {0: logging.WARNING, 1: logging.INFO, 2: logging.DEBUG, 3: logging.DEBUG}
     for verbosity, level in expected.items():
@@ -399,9 +401,10 @@ def test_workers_that_die_during_the_first_start_up_stop_the_server() -> None:
     assert re.fullmatch(r"roomcast: error: worker \d exited with code 7 during start-up", line)
 
 
-def test_workers_that_keep_dying_stop_the_server() -> None:
+def test_workers_that_keep_dying_stop_the_server(marker: Path) -> None:
     args = ("-p", str(free_port()), "--workers", "2")
-    with GatewayProcess("tests.gateway.apps:dies_soon", *args) as gateway:
+    env = {"ROOMCAST_TEST_SIBLINGS": "2"}  # both first workers up before the first death
+    with GatewayProcess("tests.gateway.apps:dies_soon", *args, env=env) as gateway:
         status, stderr = gateway.finish(timeout=30)
     assert status == 1
     last = stderr.strip().splitlines()[-1]

@@ -84,7 +84,7 @@ class StreamRecorder:
     def feed_message(self, data: str | bytes) -> None:
         self.messages.append(data)
 
-    def feed_disconnect(self, code: int, reason: str = "") -> None:
+    def feed_disconnect(self, code: int, reason: str = "", by: str = "client") -> None:
         self.disconnects.append((code, reason))
 
 
