@@ -193,5 +193,13 @@ class BaseChannelLayer:
     async def flush(self) -> None:
         raise NotImplementedError
 
+    async def check(self) -> None:
+        """Readiness: raise :class:`~roomcast.layers.exceptions.LayerConnectionError` if the
+        layer's broker cannot be reached now (one attempt, bounded by the connect timeout).
+
+        A no-op for layers without a broker (in memory). Not part of Channels' API: code that
+        must work with any Channels layer calls it only if present.
+        """
+
     async def close(self) -> None:
         """Release connections and background tasks; the layer may not be used afterwards."""
