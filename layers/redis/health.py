@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from roomcast import readiness
@@ -62,6 +63,7 @@ class Health:
         self._hosts = [_Host(description) for description in hosts]
         self.log = RateLimitedLog()
         self.outages = 0  # outages that have begun (for tests and figures)
+        self.on_back: Callable[[int], None] | None = None  # an outage of a host has ended
 
     def is_up(self, shard: int) -> bool:
         return self._hosts[shard].down_since is None
@@ -108,6 +110,8 @@ class Health:
             host.failed_calls,
         )
         self._report()
+        if self.on_back is not None:
+            self.on_back(shard)
 
     def call_failed(self, shard: int) -> None:
         """A layer call gave up on ``shard`` and raised LayerConnectionError."""

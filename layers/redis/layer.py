@@ -345,6 +345,8 @@ class RedisChannelLayer(BaseChannelLayer):
                 on_beat=self._reconcile,
             )
             self._liveness.start()  # its first beat goes out before any other command
+            liveness = self._liveness
+            health.on_back = lambda shard: self._spawn(liveness.beat_now(shard))
             inbox_shard = self._shard(self.process_id)
             self._inbox = InboxReader(
                 self.hosts[inbox_shard],
@@ -442,14 +444,19 @@ class RedisChannelLayer(BaseChannelLayer):
         if subscriber is not None:
             subscriber.remove(wire.group_key(self.prefix, group))
 
-    async def _join(self, group: str, channel: str, within: float | None = None) -> None:
+    async def _join(self, group: str, channel: str) -> None:
         first = self._groups.add(group, channel, time.monotonic())
         shard = self._shard(group)
         if first:  # the sweeper's list of our groups on this host (idempotent)
             groups_key = wire.process_groups_key(self.prefix, self.process_id)
-            self._pipes[shard].fire(resp.pack("SADD", groups_key, group))
+            try:
+                await self._execute(shard, "SADD", groups_key, group)
+            except LayerConnectionError as exc:  # written again if our records are swept
+                logger.debug(
+                    "%s: SADD %s %s failed: %s", self.readiness_key, groups_key, group, exc
+                )
         key = wire.group_key(self.prefix, group)
-        wait = self.subscribe_timeout if within is None else max(0.001, within)
+        wait = self.subscribe_timeout
         try:
             await asyncio.wait_for(self._subscriber(shard).add(key), wait)
         except TimeoutError:
@@ -689,7 +696,6 @@ class RedisChannelLayer(BaseChannelLayer):
         self.require_valid_channel_name(channel)
         if not self._at_home():
             return await self._on_home(lambda: self.group_add(group, channel))
-        started = time.monotonic()
         shard = self._shard(group)
         self._unrecorded.get(shard, {}).pop((group, channel), None)
         now = time.time()
@@ -698,7 +704,7 @@ class RedisChannelLayer(BaseChannelLayer):
         args = [channel, repr(now), repr(now - self.group_expiry), self._group_expiry_ms]
         await self._run(scripts.GROUP_ADD, shard, keys, [*args, int(external)], retry=True)
         if self.is_local(channel):
-            await self._join(group, channel, self.retry_timeout - (time.monotonic() - started))
+            await self._join(group, channel)
         elif not external:
             await self._send_control("group_add", group, channel)
 

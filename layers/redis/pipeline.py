@@ -30,8 +30,10 @@ connection lost after the call was written  written again if it is *idempotent* 
                                             push or publish fails at once: Redis may or may
                                             not have run it, and running it twice would
                                             break at-most-once delivery
-no reply within ``retry_timeout`` (a        fails; Redis may still run it once it resumes
-frozen server)                              (as with any timeout)
+no reply at all for ``retry_timeout`` (a   fails; Redis may still run it once it resumes
+frozen server)                              (as with any timeout). A long queue is not an
+                                            outage: while replies keep coming, calls wait
+                                            their turn however long it takes
 ``LOADING`` or ``READONLY`` reply (a        not run by Redis: written again (after a short
 restarting server, a demoted master)        pause, or on a new connection that asks the
                                             Sentinels for the master)
@@ -164,36 +166,28 @@ class Pipeline:
         self.submit(command, retry=retry).add_done_callback(_ignore)
 
     async def wait_for_room(self) -> None:
-        """Wait (FIFO) until a call may be queued; gives up like a call when Redis is down."""
+        """Wait, strictly first come first served, until a call may be queued; give up like a
+        call when Redis is down for ``retry_timeout``."""
+        room = self._room
+        waiter: asyncio.Future[None] = self._loop.create_future()
+        room.append(waiter)
         deadline = self._loop.time() + self.retry_timeout
-        woken = False
-        while not self.has_room or (self._room and not woken):
-            waiter: asyncio.Future[None] = self._loop.create_future()
-            if woken:
-                self._room.appendleft(waiter)  # woken but beaten to the room: still first
-            else:
-                self._room.append(waiter)
-            try:
-                async with asyncio.timeout(max(0.0, deadline - self._loop.time())):
-                    await waiter
-            except TimeoutError:
-                if self.connected:  # busy, not down: keep waiting
-                    deadline = self._loop.time() + self.retry_timeout
-                    woken = True
-                    continue
-                raise self._unreachable() from None
-            except asyncio.CancelledError:
-                if waiter.done() and not waiter.cancelled():
-                    self._wake_room()  # woken but leaving: pass the room on
-                raise
-            finally:
-                if not waiter.done():
-                    waiter.cancel()
-                    with contextlib.suppress(ValueError):
-                        self._room.remove(waiter)
-            woken = True
-        if self._room and self.has_room:
-            self._wake_room()  # room for more than one: pass it on
+        try:
+            while not (room[0] is waiter and self.has_room):
+                if waiter.done():  # woken, but the room went to a command that skips the queue
+                    waiter = room[0] = self._loop.create_future()
+                try:
+                    async with asyncio.timeout(max(0.0, deadline - self._loop.time())):
+                        await waiter
+                except TimeoutError:
+                    if not self.connected:
+                        raise self._unreachable() from None
+                    deadline = self._loop.time() + self.retry_timeout  # busy, not down
+        finally:
+            with contextlib.suppress(ValueError):
+                room.remove(waiter)
+            if room and self.has_room:
+                self._wake_room()  # the next in line
 
     async def run_script(
         self, script: Script, keys: list[str], args: list[Any], *, retry: bool
@@ -237,12 +231,11 @@ class Pipeline:
             self._wake_room()
 
     def _wake_room(self) -> None:
-        room = self._room
-        while room and self.has_room:
-            waiter = room.popleft()
+        """Wake the first caller in line (it leaves the line itself, then wakes the next)."""
+        if self._room and self.has_room:
+            waiter = self._room[0]
             if not waiter.done():
                 waiter.set_result(None)
-                return
 
     def start(self) -> None:
         """Connect now (in the background), without waiting for a call."""
@@ -473,6 +466,11 @@ class Pipeline:
         """Fail the calls whose ``retry_timeout`` has passed; re-arm for the next one."""
         self._timer = None
         now = self._loop.time()
+        link = self._link
+        if link is not None and not link.closed and now < link.last_read + self.retry_timeout:
+            # Redis answers (a long queue, not an outage): nobody gives up while it does.
+            self._timer = self._loop.call_at(link.last_read + self.retry_timeout, self._watch)
+            return
         expired: list[Call] = []
         next_deadline: float | None = None
         queues: list[Any] = [batch for batch, _ in self._in_flight]
