@@ -38,7 +38,7 @@ async def traffic_through(
         sent: list[int] = []
         failed: list[int] = []
         got: list[int] = []
-        fault_at: float | None = None
+        fault_at = 0.0
         resumed_at: float | None = None
         done = asyncio.Event()
 
@@ -58,8 +58,7 @@ async def traffic_through(
             while True:
                 n = (await receiver.receive(channel))["n"]
                 got.append(n)
-                fresh = n > (sent[-1] if sent else 0) - 50  # sent just now: it resumed
-                if fault_at is not None and resumed_at is None and fresh:
+                if resumed_at is None and n > after:  # sent after the fault: resumed
                     resumed_at = time.monotonic()
                 if resumed_at is not None and len([m for m in got if m > after]) >= 100:
                     done.set()
@@ -70,8 +69,8 @@ async def traffic_through(
         receiving = asyncio.ensure_future(receive())
         await asyncio.sleep(1.0)
         fault_at = time.monotonic()
-        after = sent[-1] if sent else 0
         await fault()
+        after = sent[-1] if sent else 0
         await asyncio.wait_for(done.wait(), 120)
         sending.cancel()
         receiving.cancel()
