@@ -899,7 +899,7 @@ class RedisChannelLayer(BaseChannelLayer):
             except RuntimeError:  # the home loop is not running any more
                 pass
         if self._liveness is not None:
-            await self._liveness.stop(unregister=not self._groups)
+            await self._liveness.stop(unregister=True)  # gone: its records are ignored now
             self._liveness = None
         if self._inbox is not None:
             await self._inbox.stop()

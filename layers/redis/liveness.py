@@ -66,7 +66,7 @@ class Liveness:
         """Register on every host now (ahead of any other command), then beat regularly."""
         for shard, pipeline in enumerate(self._pipelines()):
             self._beating.add(shard)
-            first = pipeline.submit(self._zadd())
+            first = pipeline.submit(self._zadd(), urgent=True)
             first.add_done_callback(_ignore)
             self._keep(self._after_first(shard, first))
         self._task = asyncio.get_running_loop().create_task(
@@ -117,7 +117,7 @@ class Liveness:
     async def _beat(self, shard: int) -> None:
         pipeline = self._pipelines()[shard]
         try:
-            added = await pipeline.execute(self._zadd())
+            added = await pipeline.submit(self._zadd(), urgent=True)
             if added:
                 await self._on_absent(shard)
             await self._on_beat(shard)

@@ -155,10 +155,17 @@ class Pipeline:
         )
         return future
 
-    def submit(self, command: bytes, *, retry: bool = True) -> asyncio.Future[Any]:
-        """Queue one packed command; the future gets its reply."""
+    def submit(
+        self, command: bytes, *, retry: bool = True, urgent: bool = False
+    ) -> asyncio.Future[Any]:
+        """Queue one packed command; the future gets its reply. ``urgent`` puts it ahead of
+        every call not yet written (a heartbeat must not wait behind a surge)."""
         future: asyncio.Future[Any] = self._loop.create_future()
-        self._enqueue(Call(future, self._loop.time() + self.retry_timeout, command, retry=retry))
+        call = Call(future, self._loop.time() + self.retry_timeout, command, retry=retry)
+        self._enqueue(call)
+        if urgent and len(self._pending) > 1 and self._pending[-1] is call:
+            self._pending.pop()
+            self._pending.appendleft(call)
         return future
 
     def fire(self, command: bytes, *, retry: bool = True) -> None:
