@@ -26,7 +26,13 @@ class Gateway:
 
     def __init__(self, redis: str, prefix: str, **settings: str) -> None:
         self.port = free_port()
-        env = {"OUTAGE_REDIS": redis, "OUTAGE_PREFIX": prefix}
+        # ROOMCAST_SETTINGS named here, not inherited: a module imported earlier in this test
+        # process (examples.chat.asgi does os.environ.setdefault) may have set it to its own.
+        env = {
+            "ROOMCAST_SETTINGS": "tests.outages.settings",
+            "OUTAGE_REDIS": redis,
+            "OUTAGE_PREFIX": prefix,
+        }
         env.update({f"OUTAGE_{key.upper()}": value for key, value in settings.items()})
         self.process = GatewayProcess(APP, "-p", str(self.port), env=env)
         self.process.wait_listening()
