@@ -27,12 +27,19 @@ The channel (``self.channel_name``) can be handed to other code for direct ``sen
 ``send_headers`` accepts headers as a list of pairs or a dict, names and values as bytes or
 str (str is encoded as latin-1). Misuse raises :class:`RuntimeError` at once rather than at the
 server: headers twice, a body before the headers, anything after the response completed.
+
+A channel layer that cannot reach its broker (a
+:class:`~roomcast.layers.exceptions.LayerConnectionError`, raised once the layer has waited its
+``retry_timeout``) reaching a handler is answered ``503 Service Unavailable`` with
+``Retry-After``, with one warning line and no traceback.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from typing import Any
+
+from roomcast.layers.exceptions import LayerConnectionError
 
 from .base import Message, _consumer_name, _GroupMembership, logger
 from .exceptions import StopConsumer
@@ -122,8 +129,36 @@ class AsyncHttpConsumer(_GroupMembership):
         await self._end()
 
     async def dispatch(self, message: Message) -> None:
-        """Dispatch, then end the consumer if the response has been completed."""
-        await super().dispatch(message)
+        """Dispatch, then end the consumer if the response has been completed.
+
+        A channel layer that cannot reach its broker (``LayerConnectionError``) is answered
+        503 with ``Retry-After`` (if the response has not started; else the response ends
+        there), with one warning line and no traceback.
+        """
+        try:
+            await super().dispatch(message)
+        except LayerConnectionError as exc:
+            logger.warning(
+                "%s: channel layer unavailable while handling %r on %s (%s); answering 503",
+                _consumer_name(self),
+                message.get("type"),
+                self.scope.get("path"),
+                exc,
+            )
+            if message.get("type") == "http.disconnect":
+                raise StopConsumer() from None
+            try:
+                if not self.response_started:
+                    await self.send_response(
+                        503,
+                        b"Service Unavailable: try again later\n",
+                        headers=[(b"content-type", b"text/plain"), (b"retry-after", b"5")],
+                    )
+                elif not self.response_complete:
+                    await self.send_body(b"")
+            except OSError:
+                pass  # the client went away meanwhile
+            await self._end()
         if self.response_complete:
             await self._end()
 

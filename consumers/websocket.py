@@ -37,6 +37,12 @@ which
 by default logs a warning and closes the connection with ``error.close_code``: 1003 for a
 binary frame, 1007 for text ``decode_json`` rejects with a :class:`ValueError`. Override
 ``receive_json_error`` to answer differently (send an error message and stay open, say).
+
+A channel layer that cannot reach its broker (a
+:class:`~roomcast.layers.exceptions.LayerConnectionError`, raised once the layer has waited
+its ``retry_timeout``) reaching a handler closes the connection with 1013 ("try again later";
+accepted first when it happens during the handshake, so that the client sees the code), with one
+warning line and no traceback.
 """
 
 from __future__ import annotations
@@ -47,6 +53,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from asgiref.sync import async_to_sync
+from roomcast.layers.exceptions import LayerConnectionError
 
 from .base import Message, SyncConsumer, _consumer_name, _GroupMembership
 from .exceptions import AcceptConnection, DenyConnection, StopConsumer, UndecodableFrame
@@ -63,6 +70,7 @@ logger = logging.getLogger("roomcast.consumers")
 Headers = Iterable[tuple[bytes, bytes]]
 
 _CLOSE_REASONS = {1003: "expected a text frame", 1007: "invalid JSON"}
+LAYER_DOWN_CLOSE_CODE = 1013  # "try again later": the channel layer cannot reach its broker
 
 
 def _accept_message(subprotocol: str | None, headers: Headers | None) -> Message:
@@ -106,6 +114,30 @@ def _undecodable(
     )
 
 
+async def _layer_unavailable(consumer: Any, message: Message, exc: LayerConnectionError) -> None:
+    """The layer is down (it waited ``retry_timeout`` already): one log line, no traceback,
+    and the client is told to come back later with a close 1013 (accepted first if need be,
+    so that the code reaches it)."""
+    kind = message.get("type")
+    logger.warning(
+        "%s: channel layer unavailable while handling %r on %s (%s); closing with %d",
+        _consumer_name(consumer),
+        kind,
+        consumer.scope.get("path"),
+        exc,
+        LAYER_DOWN_CLOSE_CODE,
+    )
+    if kind == "websocket.disconnect":
+        raise StopConsumer()  # the client is gone already
+    try:
+        if not consumer.__dict__.get("_ws_accepted"):
+            await consumer._send_to_client(_accept_message(None, None))
+            consumer._ws_accepted = True
+        await consumer._send_to_client(_close_message(LAYER_DOWN_CLOSE_CODE, "try again later"))
+    except OSError:
+        pass  # the client went away meanwhile: its disconnect follows
+
+
 # Async ---------------------------------------------------------------------------------------
 
 
@@ -126,9 +158,17 @@ class AsyncWebsocketConsumer(_GroupMembership):
         """Called when the client asks to connect; accepts by default."""
         await self.accept()
 
+    async def dispatch(self, message: Message) -> None:
+        """Dispatch; a channel layer that is down closes the connection with 1013."""
+        try:
+            await super().dispatch(message)
+        except LayerConnectionError as exc:
+            await _layer_unavailable(self, message, exc)
+
     async def accept(self, subprotocol: str | None = None, headers: Headers | None = None) -> None:
         """Accept the connection, with a subprotocol and extra response headers if given."""
         await super().send(_accept_message(subprotocol, headers))
+        self._ws_accepted = True
 
     async def websocket_receive(self, message: Message) -> None:
         """A frame from the client: passed to ``receive()``."""
@@ -227,9 +267,17 @@ class WebsocketConsumer(_GroupMembership, SyncConsumer):
         """Called when the client asks to connect; accepts by default."""
         self.accept()
 
+    async def dispatch(self, message: Message) -> None:
+        """Dispatch; a channel layer that is down closes the connection with 1013."""
+        try:
+            await super().dispatch(message)
+        except LayerConnectionError as exc:
+            await _layer_unavailable(self, message, exc)
+
     def accept(self, subprotocol: str | None = None, headers: Headers | None = None) -> None:
         """Accept the connection, with a subprotocol and extra response headers if given."""
         super().send(_accept_message(subprotocol, headers))
+        self._ws_accepted = True
 
     def websocket_receive(self, message: Message) -> None:
         """A frame from the client: passed to ``receive()``."""

@@ -212,10 +212,12 @@ class BaseChannelLayer:
         raise NotImplementedError
 
     async def check(self) -> None:
-        """Raise :class:`LayerConnectionError` if the layer cannot reach its server right now.
+        """Readiness: raise :class:`~roomcast.layers.exceptions.LayerConnectionError` if the
+        layer's broker cannot be reached now (one attempt, bounded by the connect timeout).
 
-        Run once at start-up (see ``roomcast.consumers.startup``); backends without a server
-        have nothing to check.
+        A no-op for layers without a broker (in memory). Not part of Channels' API: code that
+        must work with any Channels layer calls it only if present. ProtocolTypeRouter runs it
+        at start-up (see ``roomcast.consumers.startup``).
         """
 
     async def close(self) -> None:

@@ -254,6 +254,20 @@ class LocalGroups:
             return True
         return False
 
+    def __len__(self) -> int:
+        """The number of groups with members here."""
+        return len(self._groups)
+
+    def memberships(self) -> Iterator[tuple[str, str, float]]:
+        """Every ``(group, channel, time of its last group_add)``, for a re-recording."""
+        for group, members in list(self._groups.items()):
+            for channel, added in list(members.items()):
+                yield group, channel, added
+
+    def count(self) -> int:
+        """The number of memberships here, over all groups."""
+        return sum(len(members) for members in self._groups.values())
+
     def members(self, group: str, now: float) -> list[str]:
         """The live members of ``group``; lapsed memberships are removed on the way."""
         members = self._groups.get(group)

@@ -18,28 +18,40 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 from collections.abc import Callable
 from typing import Any
 
 from redis.exceptions import ResponseError
 
 from . import resp
+from .health import Health
 from .hosts import HostSpec
 from .link import RespLink
-from .reconnect import CONNECTION_ERRORS, Backoff, cancel_and_wait, logger
+from .reconnect import CONNECTION_ERRORS, cancel_and_wait, logger
 
 BATCH = 512
 BLOCK_SECONDS = 2
 AHEAD = 16  # BLMPOPs queued at the server: one write for every AHEAD // 2 replies
+RECONNECT_CAP = 1.0
 
 
 class InboxReader:
     """Reads one list forever and hands each entry to ``on_entry``; survives Redis restarts."""
 
     def __init__(
-        self, host: HostSpec, key: str, on_entry: Callable[[bytes], None], name: str
+        self,
+        host: HostSpec,
+        key: str,
+        on_entry: Callable[[bytes], None],
+        *,
+        name: str,
+        shard: int,
+        health: Health,
     ) -> None:
         self._host = host
+        self._shard = shard
+        self._health = health
         self._key = key
         self._on_entry = on_entry
         self._name = name
@@ -50,7 +62,7 @@ class InboxReader:
         self._ended: asyncio.Future[None] | None = None  # fails when reading must start over
         self._outstanding = 0  # BLMPOPs written and not yet answered
         self._redis_6 = False  # no BLMPOP on this server: LPOP and BLPOP instead
-        self._backoff = Backoff(f"inbox {name}")
+        self._failures = 0  # connection attempts or links that failed in a row
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -72,10 +84,20 @@ class InboxReader:
                 link.close()
 
     async def _run(self) -> None:
-        backoff = self._backoff
         while True:
+            if self._failures:
+                delay = min(RECONNECT_CAP, 0.05 * 2 ** min(self._failures, 16))
+                await asyncio.sleep(random.uniform(delay / 2, delay))
             try:
-                self._link = await RespLink.open(self._host)
+                self._link = await RespLink.open(self._host, name=self._name)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                self._failures += 1
+                self._health.lost(self._shard, exc)
+                continue
+            self._health.back(self._shard)
+            try:
                 self._ended = asyncio.get_running_loop().create_future()
                 self._outstanding, self._redis_6 = 0, False
                 self._ask_ahead()
@@ -83,14 +105,14 @@ class InboxReader:
             except asyncio.CancelledError:
                 raise
             except CONNECTION_ERRORS as exc:
-                self._drop_link()
-                await backoff.failed(exc)
+                logger.debug("inbox %s: connection ended (%s)", self._name, exc)
+                self._failures += 1
             except Exception:  # a bug must not silently end delivery to this process
                 logger.exception("inbox %s: unexpected error", self._name)
-                self._drop_link()
-                await backoff.failed(RuntimeError("unexpected error"))
+                self._failures += 1
             finally:
                 self._ended = None
+                self._drop_link()
 
     def _end(self, error: BaseException) -> None:
         ended = self._ended
@@ -164,8 +186,7 @@ class InboxReader:
     def _reply(self, replies: list[Any] | BaseException) -> Any:
         if isinstance(replies, BaseException):
             raise replies
-        if self._backoff.failures:
-            self._backoff.succeeded()
+        self._failures = 0
         return replies[0]
 
     def _next(self, command: bytes, callback: Callable[[Any], None], blocking: float = 0) -> None:

@@ -21,6 +21,32 @@ Design (after Phoenix PubSub and Centrifugo):
   sharded pub/sub can follow without a redesign. Several ``hosts`` shard groups, inboxes and
   plain channels by a consistent hash (:mod:`roomcast.layers.redis.sharding`).
 
+Connections: a fixed few per process and host, whatever the load, all opened by the layer
+itself (:mod:`~roomcast.layers.redis.link`): one pipelined connection for every non-blocking
+command (:mod:`~roomcast.layers.redis.pipeline`: sends, memberships, group sends, reads, flush,
+heartbeats; bounded, with backpressure to callers), one for the group subscriptions
+(:mod:`~roomcast.layers.redis.subscriber`), one for this process's inbox (on its host only,
+:mod:`~roomcast.layers.redis.inbox`) and one for receivers of plain channels, once there are any
+(:mod:`~roomcast.layers.redis.blocking`). There is no pool to exhaust: ten thousand concurrent
+calls queue and complete. Every Redis operation runs on the layer's home event loop (the first
+loop that used it); a call from another loop (``async_to_sync`` in a thread) is handed to it.
+
+Outages (see also ``docs/outages.md``): a call waits for Redis up to ``retry_timeout`` seconds
+(5 by default) while the connection is rebuilt in the background, then raises
+:class:`~roomcast.layers.exceptions.LayerConnectionError`; the consumers turn that into a
+WebSocket close 1013 and an HTTP 503. An outage is logged once when it starts and once when it
+ends (its duration and the calls that failed), and reported to :mod:`roomcast.readiness` under
+``channel layer '<alias>'`` meanwhile. :meth:`RedisChannelLayer.check` makes one connection
+attempt per host and raises if one cannot be reached (the connection is then retried in the
+background until it succeeds, which reports the process ready).
+
+Membership and liveness: ``group_discard`` of a channel of this process removes the local
+membership first, whatever Redis says; if Redis cannot be reached the record's removal waits
+and is made once it can (reconciled from local state). Each process heartbeats
+(:mod:`~roomcast.layers.redis.liveness`); the records of a process whose heartbeat lapsed for
+``liveness_timeout`` seconds (15 by default) are ignored by ``group_members()`` and swept from
+Redis, so the members of a gateway killed with SIGKILL vanish within that bound.
+
 What is lost when, and in which order things arrive:
 
 ========================================  ===================================================
@@ -34,44 +60,57 @@ event                                     consequence
 ``group_send``, member's buffer full      dropped for that member, ``counters.dropped`` += 1
 message older than ``expiry``             never delivered (``counters.expired``); clocks of
                                           the processes are assumed to agree within seconds
+Redis unreachable for less than           calls wait and complete; a ``group_send`` made
+``retry_timeout``                         meanwhile is delivered after the outage
+Redis unreachable for longer              the waiting calls raise ``LayerConnectionError``
+                                          (nothing was written for them); receivers and the
+                                          background readers keep waiting
+connection lost with a ``send`` or        that call raises ``LayerConnectionError`` at once:
+``group_send`` in flight (restart,        Redis may or may not have run it, and writing it
+``CLIENT KILL``, failover)                again could deliver it twice; membership records,
+                                          reads and heartbeats in flight are written again
 process disconnected from Redis when a    that process misses the message (pub/sub keeps no
 group message is published                backlog); it resubscribes from its own state on
                                           reconnect
 Redis restarts (no persistence)           inbox and plain-channel entries not yet read are
-                                          lost; memberships survive in each process's memory
-                                          and subscriptions are restored; the sorted-set
-                                          records of plain-channel members are lost
+                                          lost; memberships survive in each process's memory,
+                                          subscriptions are restored and membership records
+                                          re-recorded at the next heartbeat; the records of
+                                          plain-channel members are lost
+a failover (Sentinel)                     as a restart, for what the new master had not
+                                          replicated; links ask the Sentinels for the master
+                                          again and refuse a replica
 ``group_add`` of another process's        takes effect when that process reads its inbox
 channel                                   (normally well under a millisecond); group messages
                                           published before that miss the new member
+``group_discard`` while Redis is down     local membership gone at once (no more messages);
+                                          the record is removed when Redis is back
 cancelling ``receive()`` on a plain       nothing lost: an entry already popped is pushed
 channel                                   back to the head of the list for the next receiver
-a process dies                            what it had popped and not yet handed over is lost
+a process dies (SIGKILL)                  what it had popped and not yet handed over is lost;
+                                          its members vanish from ``group_members()`` within
+                                          ``liveness_timeout`` and their records are swept
 ========================================  ===================================================
 
 Order: messages from one sender to one channel arrive in the order sent when the sender awaits
 each call (the API's normal use): sends through the inbox or list (FIFO), group messages
 through one pub/sub stream per process. A ``send`` and a ``group_send`` keep their relative
 order when the receiver is in the sender's process (both are local appends); across processes
-they travel different paths and may swap.
-
-Cross-loop use (``async_to_sync`` from a thread without a running loop) is supported: Redis
-clients are made per event loop, and local deliveries are handed to the loop that runs this
-layer's readers.
+they travel different paths and may swap. Calls made concurrently by one process go out on one
+connection in the order they were made.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import re
 import secrets
 import time
 from _thread import get_ident
-from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
-from typing import Any, NamedTuple, TypeVar, cast
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any, NamedTuple, TypeVar
 
-from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 from ..base import BaseChannelLayer
 from ..exceptions import (
@@ -84,10 +123,14 @@ from ..exceptions import (
 from ..local import LocalChannels, LocalGroups, Payload, shareable, unpack
 from ..serializers import DEFAULT_MAX_MESSAGE_SIZE, MessageCodec
 from . import resp, scripts, wire
-from .batching import PushBatcher
+from .blocking import PlainReader
+from .health import Health
 from .hosts import HostSpec, parse_hosts
 from .inbox import InboxReader
-from .reconnect import LOST_CONNECTION, Backoff, cancel_and_wait, logger
+from .link import RespLink
+from .liveness import Liveness
+from .pipeline import Pipeline
+from .reconnect import LOST_CONNECTION, cancel_and_wait, logger
 from .sharding import shard_for
 from .subscriber import GroupSubscriber
 
@@ -96,6 +139,12 @@ PREFIX_RE = re.compile(r"^[a-zA-Z\d\-_.:]+$")
 CONTROL_CAPACITY = 1 << 30  # control entries are never refused
 RECEIVABLE_CACHE = 65536  # local channel names whose check receive() remembers, at most
 ROUTE_CACHE = 65536  # channel names whose route send() remembers, at most
+MAX_UNRECORDED = 1 << 20  # discards waiting for Redis, at most (then the oldest are dropped)
+DEFAULT_RETRY_TIMEOUT = 5.0
+DEFAULT_LIVENESS_TIMEOUT = 15.0
+MIN_LIVENESS_TIMEOUT = 0.5
+MAX_LIVENESS_TIMEOUT = 3600.0
+MAX_RETRY_TIMEOUT = 3600.0
 
 
 class _Route(NamedTuple):
@@ -109,8 +158,25 @@ class _Route(NamedTuple):
     capacity: int
 
 
+def _seconds(name: str, value: Any, *, low: float, high: float | None = None) -> float:
+    ok = not isinstance(value, bool) and isinstance(value, (int, float)) and value == value
+    if not ok or value < low or (high is not None and value > high):
+        bound = f"between {low:g} and {high:g}" if high is not None else f"at least {low:g}"
+        raise LayerConfigError(f"{name} must be a number of seconds {bound}, got {value!r}")
+    return float(value)
+
+
 class RedisChannelLayer(BaseChannelLayer):
-    """Channels' layer API over Redis; accepts channels_redis's ``CONFIG``."""
+    """Channels' layer API over Redis; accepts channels_redis's ``CONFIG``.
+
+    Beyond channels_redis's options: ``retry_timeout`` (seconds a call waits for an
+    unreachable Redis before raising ``LayerConnectionError``; default 5), ``liveness_timeout``
+    (seconds after which the records of a process that stopped heartbeating are ignored and
+    swept; default 15, between 0.5 and 3600) and ``alias`` (the name this layer
+    reports its readiness under; ``CHANNEL_LAYERS``'s alias when built from settings, else
+    ``prefix``). ``subscribe_timeout`` bounds how long ``group_add`` waits for Redis to confirm
+    a subscription (default: ``retry_timeout``).
+    """
 
     def __init__(
         self,
@@ -123,7 +189,10 @@ class RedisChannelLayer(BaseChannelLayer):
         channel_capacity: Mapping[str | re.Pattern[str], int] | None = None,
         max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
         symmetric_encryption_keys: Sequence[str | bytes] | None = None,
-        subscribe_timeout: float = 5.0,
+        subscribe_timeout: float | None = None,
+        retry_timeout: float = DEFAULT_RETRY_TIMEOUT,
+        liveness_timeout: float = DEFAULT_LIVENESS_TIMEOUT,
+        alias: str | None = None,
     ) -> None:
         super().__init__(
             expiry=expiry,
@@ -138,9 +207,25 @@ class RedisChannelLayer(BaseChannelLayer):
             )
         if isinstance(symmetric_encryption_keys, (str, bytes)):
             raise LayerConfigError("symmetric_encryption_keys must be a list of keys")
+        if alias is not None and not isinstance(alias, str):
+            raise LayerConfigError(f"alias must be a str, got {alias!r}")
         self.prefix = prefix
+        self.alias = alias
         self.hosts: list[HostSpec] = parse_hosts(hosts)
-        self.subscribe_timeout = subscribe_timeout
+        self.retry_timeout = _seconds(
+            "retry_timeout", retry_timeout, low=0.001, high=MAX_RETRY_TIMEOUT
+        )
+        self.liveness_timeout = _seconds(
+            "liveness_timeout",
+            liveness_timeout,
+            low=MIN_LIVENESS_TIMEOUT,
+            high=MAX_LIVENESS_TIMEOUT,
+        )
+        self.subscribe_timeout = (
+            self.retry_timeout
+            if subscribe_timeout is None
+            else _seconds("subscribe_timeout", subscribe_timeout, low=0.001)
+        )
         self._codec = MessageCodec(
             max_message_size=max_message_size,
             symmetric_encryption_keys=symmetric_encryption_keys,
@@ -152,48 +237,36 @@ class RedisChannelLayer(BaseChannelLayer):
         self._group_expiry_ms = int(self.group_expiry * 1000) + 1
         self._local = LocalChannels(self.get_capacity, self.counters)
         self._groups = LocalGroups(self.group_expiry)
-        self._clients: dict[asyncio.AbstractEventLoop, list[Redis]] = {}
-        self._batchers: dict[asyncio.AbstractEventLoop, list[PushBatcher]] = {}
         self._routes: dict[str, _Route] = {}  # valid channel names send() has seen (bounded)
         self._home: asyncio.AbstractEventLoop | None = None
+        self._home_thread: int | None = None  # the thread of the home loop
+        self._pipes: list[Pipeline] = []
         self._inbox: InboxReader | None = None
         self._subscribers: dict[int, GroupSubscriber] = {}
+        self._plain: dict[int, PlainReader] = {}
+        self._liveness: Liveness | None = None
+        self._health: Health | None = None
         self._background: set[asyncio.Task[None]] = set()
         self._receivable: set[str] = set()  # local names receive() has checked (bounded)
-        self._home_thread: int | None = None  # the thread of the home loop
+        # (group, channel) whose record removal waits for Redis, per shard
+        self._unrecorded: dict[int, dict[tuple[str, str], None]] = {}
+        self.last_group_receivers = 0  # processes the last group_send's PUBLISH reached
 
     # Plumbing ----------------------------------------------------------------------------
 
+    @property
+    def readiness_key(self) -> str:
+        """The key this layer reports under in :mod:`roomcast.readiness`."""
+        return f"channel layer {self.alias or self.prefix!r}"
+
+    @property
+    def health(self) -> Health:
+        if self._health is None:
+            self._health = Health(self.readiness_key, [host.description for host in self.hosts])
+        return self._health
+
     def _shard(self, name: str) -> int:
         return shard_for(name, len(self.hosts))
-
-    def _client(self, shard: int) -> Redis:
-        """This event loop's client for ``shard`` (redis-py connections are per loop)."""
-        loop = asyncio.get_running_loop()
-        clients = self._clients.get(loop)
-        if clients is None:
-            for stale in [other for other in self._clients if other.is_closed()]:
-                del self._clients[stale]
-            clients = self._clients[loop] = [host.client() for host in self.hosts]
-        return clients[shard]
-
-    async def _run(
-        self, script: scripts.Script, shard: int, keys: list[str], args: list[Any]
-    ) -> Any:
-        with self._reaching(shard):
-            return await script(self._client(shard), keys, args)
-
-    def _batcher(self, shard: int) -> PushBatcher:
-        """This event loop's send batcher for ``shard`` (see :mod:`.batching`)."""
-        loop = asyncio.get_running_loop()
-        batchers = self._batchers.get(loop)
-        if batchers is None:
-            for stale in [other for other in self._batchers if other.is_closed()]:
-                del self._batchers[stale]
-            batchers = self._batchers[loop] = [
-                PushBatcher(host, scripts.PUSH) for host in self.hosts
-            ]
-        return batchers[shard]
 
     def _route(self, channel: str) -> _Route:
         """Validate ``channel`` and work out its route; remembered for the next send."""
@@ -217,16 +290,26 @@ class RedisChannelLayer(BaseChannelLayer):
         self._routes[channel] = route
         return route
 
-    @contextlib.contextmanager
-    def _reaching(self, shard: int) -> Iterator[None]:
-        """Turn redis-py's connection failures into :class:`LayerConnectionError`."""
+    def _unreachable(self, shard: int, exc: BaseException) -> LayerConnectionError:
+        self.health.call_failed(shard)
+        return LayerConnectionError(f"cannot use Redis at {self.hosts[shard].description}: {exc}")
+
+    async def _run(
+        self, script: scripts.Script, shard: int, keys: list[str], args: list[Any], *, retry: bool
+    ) -> Any:
+        """One script run on ``shard`` (on the home loop)."""
         try:
-            yield
+            return await self._pipes[shard].run_script(script, keys, args, retry=retry)
         except LOST_CONNECTION as exc:
             raise self._unreachable(shard, exc) from exc
 
-    def _unreachable(self, shard: int, exc: BaseException) -> LayerConnectionError:
-        return LayerConnectionError(f"cannot use Redis at {self.hosts[shard].description}: {exc}")
+    async def _execute(self, shard: int, *command: bytes | str | int) -> Any:
+        """One plain command on ``shard`` (on the home loop); server errors are raised."""
+        try:
+            reply = await self._pipes[shard].execute(resp.pack(*command))
+        except LOST_CONNECTION as exc:
+            raise self._unreachable(shard, exc) from exc
+        return reply
 
     def is_local(self, channel: str) -> bool:
         """True for the channels this instance's ``new_channel()`` made.
@@ -237,27 +320,52 @@ class RedisChannelLayer(BaseChannelLayer):
         return self._local_marker in channel
 
     def _home_loop(self) -> asyncio.AbstractEventLoop:
-        """The loop that runs this process's readers; started on first need."""
+        """The loop that runs this process's connections and readers; started on first need."""
         home = self._home
         if home is None or home.is_closed():
             home = self._home = asyncio.get_running_loop()
             self._home_thread = get_ident()
+            health = self.health
+            self._pipes = [
+                Pipeline(
+                    host,
+                    shard,
+                    health,
+                    self.retry_timeout,
+                    name=f"roomcast:{self.prefix}:{self.process_id}:cmd{shard}",
+                )
+                for shard, host in enumerate(self.hosts)
+            ]
+            self._liveness = Liveness(
+                prefix=self.prefix,
+                process_id=self.process_id,
+                timeout=self.liveness_timeout,
+                pipelines=lambda: self._pipes,
+                on_absent=self._record_all,
+                on_beat=self._reconcile,
+            )
+            self._liveness.start()  # its first beat goes out before any other command
+            liveness = self._liveness
+            health.on_back = lambda shard: self._spawn(liveness.beat_now(shard))
             inbox_shard = self._shard(self.process_id)
             self._inbox = InboxReader(
                 self.hosts[inbox_shard],
                 wire.inbox_key(self.prefix, self.process_id),
                 self._on_inbox_entry,
-                name=self.process_id,
+                name=f"roomcast:{self.prefix}:{self.process_id}:inbox",
+                shard=inbox_shard,
+                health=health,
             )
             self._inbox.start()
-            wanted = {wire.group_key(self.prefix, group) for group in self._groups}
             self._subscribers = {}
+            self._plain = {}
+            wanted = {wire.group_key(self.prefix, group) for group in self._groups}
             for channel in wanted:  # a new loop: restore subscriptions from local state
                 self._spawn(self._subscriber(self._shard(self._group_of(channel))).add(channel))
         return home
 
     def _at_home(self) -> bool:
-        """True when the running loop is the one that runs this layer's readers."""
+        """True when the running loop is the one that runs this layer's connections."""
         return self._home is asyncio.get_running_loop()
 
     async def _on_home(self, work: Callable[[], Awaitable[T]]) -> T:
@@ -277,6 +385,8 @@ class RedisChannelLayer(BaseChannelLayer):
                 await work
             except asyncio.CancelledError:
                 raise
+            except LayerConnectionError as exc:
+                logger.debug("roomcast layer background task gave up: %s", exc)
             except Exception:
                 logger.exception("roomcast layer background task failed")
 
@@ -288,10 +398,26 @@ class RedisChannelLayer(BaseChannelLayer):
         subscriber = self._subscribers.get(shard)
         if subscriber is None:
             subscriber = self._subscribers[shard] = GroupSubscriber(
-                self.hosts[shard], self._on_group_message, name=f"{self.process_id}/{shard}"
+                self.hosts[shard],
+                self._on_group_message,
+                name=f"roomcast:{self.prefix}:{self.process_id}:sub{shard}",
+                shard=shard,
+                health=self.health,
             )
             subscriber.start()
         return subscriber
+
+    def _plain_reader(self, shard: int) -> PlainReader:
+        reader = self._plain.get(shard)
+        if reader is None:
+            reader = self._plain[shard] = PlainReader(
+                self.hosts[shard],
+                self._pipes[shard],
+                name=f"roomcast:{self.prefix}:{self.process_id}:pop{shard}",
+                shard=shard,
+                health=self.health,
+            )
+        return reader
 
     def _group_of(self, pubsub_channel: str) -> str:
         return pubsub_channel[pubsub_channel.index("{") + 1 : -1]
@@ -316,23 +442,32 @@ class RedisChannelLayer(BaseChannelLayer):
     def _unsubscribe(self, group: str) -> None:
         subscriber = self._subscribers.get(self._shard(group))
         if subscriber is not None:
-            self._spawn(subscriber.remove(wire.group_key(self.prefix, group)))
+            subscriber.remove(wire.group_key(self.prefix, group))
 
     async def _join(self, group: str, channel: str) -> None:
-        self._groups.add(group, channel, time.monotonic())
+        first = self._groups.add(group, channel, time.monotonic())
+        shard = self._shard(group)
+        if first:  # the sweeper's list of our groups on this host (idempotent)
+            groups_key = wire.process_groups_key(self.prefix, self.process_id)
+            try:
+                await self._execute(shard, "SADD", groups_key, group)
+            except LayerConnectionError as exc:  # written again if our records are swept
+                logger.debug(
+                    "%s: SADD %s %s failed: %s", self.readiness_key, groups_key, group, exc
+                )
         key = wire.group_key(self.prefix, group)
+        wait = self.subscribe_timeout
         try:
-            await asyncio.wait_for(
-                self._subscriber(self._shard(group)).add(key), self.subscribe_timeout
-            )
+            await asyncio.wait_for(self._subscriber(shard).add(key), wait)
         except TimeoutError:
+            self.health.call_failed(shard)
             raise LayerConnectionError(
-                f"Redis did not confirm the subscription to group {group!r} within "
-                f"{self.subscribe_timeout} s; the membership stands and the subscription "
-                f"will be made when Redis answers"
+                f"Redis at {self.hosts[shard].description} did not confirm the subscription "
+                f"to group {group!r} within {wait:g} s; the membership stands and the "
+                f"subscription will be made when Redis answers"
             ) from None
 
-    async def _leave(self, group: str, channel: str) -> None:
+    def _leave(self, group: str, channel: str) -> None:
         if self._groups.discard(group, channel):
             self._unsubscribe(group)
 
@@ -385,7 +520,7 @@ class RedisChannelLayer(BaseChannelLayer):
         if op == "group_add":
             self._spawn(self._join(group, channel))
         elif op == "group_discard":
-            self._spawn(self._leave(group, channel))
+            self._leave(group, channel)
 
     def _unseal(self, sealed: bytes) -> bytes | None:
         try:
@@ -394,6 +529,56 @@ class RedisChannelLayer(BaseChannelLayer):
             self.counters.rejected += 1
             logger.warning("discarded a message that could not be decrypted (%r)", exc)
             return None
+
+    # Reconciliation (the heartbeat calls these) ------------------------------------------
+
+    async def _record_all(self, shard: int) -> None:
+        """Our liveness entry was missing on ``shard`` (swept, or Redis restarted): write
+        every membership record of this host again from local state."""
+        now_wall, now_mono = time.time(), time.monotonic()
+        pipeline = self._pipes[shard]
+        groups_key = wire.process_groups_key(self.prefix, self.process_id)
+        waits: list[asyncio.Future[Any]] = []
+        groups: set[str] = set()
+        for group, channel, added in self._groups.memberships():
+            if self._shard(group) != shard:
+                continue
+            groups.add(group)
+            at = now_wall - (now_mono - added)
+            keys = [wire.group_key(self.prefix, group), wire.group_external_key(self.prefix, group)]
+            args = [channel, repr(at), repr(now_wall - self.group_expiry), self._group_expiry_ms, 0]
+            if not pipeline.has_room:
+                await pipeline.wait_for_room()
+            waits.append(
+                pipeline.submit_script(scripts.GROUP_ADD, *_packed(keys, args), retry=True)
+            )
+        if groups:
+            waits.append(pipeline.submit(resp.pack("SADD", groups_key, *sorted(groups))))
+        if waits:
+            results = await asyncio.gather(*waits, return_exceptions=True)
+            failed = sum(1 for result in results if isinstance(result, BaseException))
+            logger.info(
+                "%s: re-recorded %d membership(s) in %d group(s) on %s%s",
+                self.readiness_key,
+                len(waits) - (1 if groups else 0),
+                len(groups),
+                self.hosts[shard].description,
+                f" ({failed} failed: retried at the next heartbeat)" if failed else "",
+            )
+
+    async def _reconcile(self, shard: int) -> None:
+        """Remove the records whose discard had to wait for Redis."""
+        waiting = self._unrecorded.get(shard)
+        if not waiting:
+            return
+        items = list(waiting)
+        for group, channel in items:
+            await self._remove_record(shard, group, channel)
+            waiting.pop((group, channel), None)
+
+    async def _remove_record(self, shard: int, group: str, channel: str) -> None:
+        keys = [wire.group_key(self.prefix, group), wire.group_external_key(self.prefix, group)]
+        await self._run(scripts.GROUP_DISCARD, shard, keys, [channel], retry=True)
 
     # The contract ------------------------------------------------------------------------
 
@@ -426,13 +611,22 @@ class RedisChannelLayer(BaseChannelLayer):
             return
         entry = wire.pack_entry(time.time() + self.expiry, route.name, self._codec.seal(payload))
         body = route.head + resp.bulk(entry) + route.tail
-        try:  # (inline rather than self._reaching: this is the hot path)
-            pushed = await self._batcher(route.shard).call_packed(5, body)
-        except LOST_CONNECTION as exc:
-            raise self._unreachable(route.shard, exc) from exc
+        if not self._at_home():
+            pushed = await self._on_home(lambda: self._push(route, body))
+        else:
+            pushed = await self._push(route, body)
         if not pushed:
             raise ChannelFull(f"channel {channel!r} is at capacity {route.capacity}")
         self.counters.sent += 1
+
+    async def _push(self, route: _Route, body: bytes) -> Any:
+        pipeline = self._pipes[route.shard]
+        try:  # (inline rather than self._run: this is the hot path)
+            if not pipeline.has_room or pipeline._room:
+                await pipeline.wait_for_room()
+            return await pipeline.submit_script(scripts.PUSH, 5, body, retry=False)
+        except LOST_CONNECTION as exc:
+            raise self._unreachable(route.shard, exc) from exc
 
     async def receive(self, channel: str) -> dict[str, Any]:
         if (
@@ -465,7 +659,7 @@ class RedisChannelLayer(BaseChannelLayer):
                 message = self._decode(payload)
                 if message is not None:
                     return message
-        return await self._receive_plain(channel)
+        return await self._on_home(lambda: self._receive_plain(channel))
 
     def _decode(self, payload: Payload) -> dict[str, Any] | None:
         """The message, or None (logged, counted in ``rejected``) for bytes we cannot read."""
@@ -478,19 +672,12 @@ class RedisChannelLayer(BaseChannelLayer):
 
     async def _receive_plain(self, channel: str) -> dict[str, Any]:
         """Wait on a plain channel's list; a Redis outage is waited out, not raised."""
-        key, shard = wire.channel_key(self.prefix, channel), self._shard(channel)
-        backoff = Backoff(f"receive({channel!r})")
+        key, shard = wire.channel_key(self.prefix, channel).encode(), self._shard(channel)
+        reader = self._plain_reader(shard)
         while True:
+            popped = await reader.pop(key)
             try:
-                popped = await self._pop(shard, key)
-            except LOST_CONNECTION as exc:
-                await backoff.failed(exc)
-                continue
-            backoff.succeeded()
-            if popped is None:
-                continue
-            try:
-                entry = wire.unpack_list_entry(popped[1])
+                entry = wire.unpack_list_entry(popped)
             except ValueError:
                 self.counters.rejected += 1
                 logger.warning("channel %s: discarded a malformed entry", channel)
@@ -504,48 +691,51 @@ class RedisChannelLayer(BaseChannelLayer):
                 self.counters.delivered += 1
                 return message
 
-    async def _pop(self, shard: int, key: str) -> tuple[bytes, bytes] | None:
-        """BLPOP that loses nothing when its caller is cancelled.
-
-        Redis may already have handed us the entry when the cancellation arrives; the pop is
-        then left to finish and its entry pushed back to the head of the list, so the next
-        receiver gets it, still first in line.
-        """
-        client = self._client(shard)
-        pop = asyncio.ensure_future(client.blpop([key], timeout=2))
-        try:
-            return cast("tuple[bytes, bytes] | None", await asyncio.shield(pop))
-        except asyncio.CancelledError:
-
-            def give_back(done: asyncio.Future[Any]) -> None:
-                if not done.cancelled() and done.exception() is None and done.result():
-                    self._spawn(client.lpush(key, done.result()[1]))
-
-            pop.add_done_callback(give_back)
-            raise
-
     async def group_add(self, group: str, channel: str) -> None:
         self.require_valid_group_name(group)
         self.require_valid_channel_name(channel)
+        if not self._at_home():
+            return await self._on_home(lambda: self.group_add(group, channel))
+        shard = self._shard(group)
+        self._unrecorded.get(shard, {}).pop((group, channel), None)
         now = time.time()
         external = "!" not in channel
         keys = [wire.group_key(self.prefix, group), wire.group_external_key(self.prefix, group)]
-        args = [channel, now, now - self.group_expiry, self._group_expiry_ms, int(external)]
-        await self._run(scripts.GROUP_ADD, self._shard(group), keys, args)
+        args = [channel, repr(now), repr(now - self.group_expiry), self._group_expiry_ms]
+        await self._run(scripts.GROUP_ADD, shard, keys, [*args, int(external)], retry=True)
         if self.is_local(channel):
-            await self._on_home(lambda: self._join(group, channel))
+            await self._join(group, channel)
         elif not external:
             await self._send_control("group_add", group, channel)
 
     async def group_discard(self, group: str, channel: str) -> None:
+        """Leave ``group``. For a channel of this process the local membership goes first and
+        never fails; the record in Redis is removed now if Redis answers within
+        ``retry_timeout``, else as soon as it is reachable again."""
         self.require_valid_group_name(group)
         self.require_valid_channel_name(channel)
-        keys = [wire.group_key(self.prefix, group), wire.group_external_key(self.prefix, group)]
-        await self._run(scripts.GROUP_DISCARD, self._shard(group), keys, [channel])
+        if not self._at_home():
+            return await self._on_home(lambda: self.group_discard(group, channel))
+        shard = self._shard(group)
         if self.is_local(channel):
-            await self._on_home(lambda: self._leave(group, channel))
-        elif "!" in channel:
+            self._leave(group, channel)
+            if not self._pipes[shard].connected:
+                self._defer_discard(shard, group, channel)
+                return
+            try:
+                await self._remove_record(shard, group, channel)
+            except LayerConnectionError:
+                self._defer_discard(shard, group, channel)
+            return
+        await self._remove_record(shard, group, channel)
+        if "!" in channel:
             await self._send_control("group_discard", group, channel)
+
+    def _defer_discard(self, shard: int, group: str, channel: str) -> None:
+        waiting = self._unrecorded.setdefault(shard, {})
+        if len(waiting) >= MAX_UNRECORDED:  # the oldest go; group_expiry removes their records
+            del waiting[next(iter(waiting))]
+        waiting[(group, channel)] = None
 
     async def _send_control(self, op: str, group: str, channel: str) -> None:
         process = wire.process_of(channel)
@@ -555,29 +745,32 @@ class RedisChannelLayer(BaseChannelLayer):
             self._shard(process),
             [wire.inbox_key(self.prefix, process)],
             [entry, CONTROL_CAPACITY, self._expiry_ms],
+            retry=True,  # a control entry applied twice changes nothing
         )
 
     async def group_send(self, group: str, message: dict[str, Any]) -> None:
         self.require_valid_group_name(group)
         payload = self._codec.encode(message)
+        if not self._at_home():
+            return await self._on_home(lambda: self._group_send(group, payload))
+        await self._group_send(group, payload)
+
+    async def _group_send(self, group: str, payload: bytes) -> None:
         now = time.time()
         sealed = self._codec.seal(payload)
         data = wire.pack_group_message(now + self.expiry, self._process_id_bytes, sealed)
         keys = [wire.group_key(self.prefix, group), wire.group_external_key(self.prefix, group)]
-        _, external = await self._run(
-            scripts.GROUP_SEND, self._shard(group), keys, [data, now - self.group_expiry]
+        receivers, external = await self._run(
+            scripts.GROUP_SEND,
+            self._shard(group),
+            keys,
+            [data, repr(now - self.group_expiry)],
+            retry=False,
         )
+        self.last_group_receivers = receivers
         self.counters.group_sent += 1
         if group in self._groups:
-            expires = time.monotonic() + self.expiry
-
-            async def fan_out() -> None:
-                self._fan_out(group, expires, payload)
-
-            if self._at_home():
-                self._fan_out(group, expires, payload)
-            else:
-                await self._on_home(fan_out)
+            self._fan_out(group, time.monotonic() + self.expiry, payload)
         if external:
             await self._push_external([member.decode() for member in external], sealed, now)
 
@@ -591,6 +784,7 @@ class RedisChannelLayer(BaseChannelLayer):
                     self._shard(channel),
                     [wire.channel_key(self.prefix, channel)],
                     [entry, self.get_capacity(channel), self._expiry_ms],
+                    retry=False,
                 )
                 for channel in channels
             )
@@ -598,51 +792,140 @@ class RedisChannelLayer(BaseChannelLayer):
         self.counters.dropped += sum(1 for pushed in results if not pushed)
 
     async def group_members(self, group: str) -> list[str]:
-        """The channels whose membership of ``group`` has not lapsed, from Redis's record."""
+        """The channels whose membership of ``group`` has not lapsed, from Redis's record,
+        without those of processes whose heartbeat lapsed (see ``liveness_timeout``)."""
         self.require_valid_group_name(group)
+        if not self._at_home():
+            return await self._on_home(lambda: self.group_members(group))
         cutoff = time.time() - self.group_expiry
         shard = self._shard(group)
-        with self._reaching(shard):
-            key = wire.group_key(self.prefix, group)
-            members = cast(
-                "list[bytes]", await self._client(shard).zrangebyscore(key, f"({cutoff}", "+inf")
-            )
-        return [member.decode() for member in members]
+        key = wire.group_key(self.prefix, group)
+        members = [
+            member.decode()
+            for member in await self._execute(shard, "ZRANGEBYSCORE", key, f"({cutoff!r}", "+inf")
+        ]
+        processes = sorted({wire.process_of(m) for m in members if "!" in m})
+        if not processes:
+            return members
+        assert self._liveness is not None
+        try:
+            live = await self._liveness.live(self._pipes[shard], processes)
+        except LOST_CONNECTION as exc:
+            raise self._unreachable(shard, exc) from exc
+        kept = [m for m in members if "!" not in m or wire.process_of(m) in live]
+        if len(kept) != len(members):
+            gone = [m for m in members if "!" in m and wire.process_of(m) not in live]
+            self._spawn(self._sweep_members(shard, key, gone))
+        return kept
+
+    async def _sweep_members(self, shard: int, key: str, members: list[str]) -> None:
+        """Remove the records of members whose process has no liveness entry at all."""
+        args: list[Any] = []
+        for member in members:
+            args += [member, wire.process_of(member)]
+        await self._run(
+            scripts.SWEEP_MEMBERS,
+            shard,
+            [key, wire.processes_key(self.prefix)],
+            args,
+            retry=True,
+        )
 
     async def flush(self) -> None:
         """Delete every key under this layer's prefix on every shard, and all local state."""
+        if not self._at_home():
+            return await self._on_home(self.flush)
+        self._home_loop()
         for shard in range(len(self.hosts)):
-            client = self._client(shard)
-            with self._reaching(shard):
-                batch: list[bytes] = []
-                async for key in client.scan_iter(match=f"{self.prefix}:*", count=1000):
-                    batch.append(key)
-                    if len(batch) >= 1000:
-                        await client.unlink(*batch)
-                        batch.clear()
-                if batch:
-                    await client.unlink(*batch)
+            cursor = b"0"
+            while True:
+                cursor, keys = await self._execute(
+                    shard, "SCAN", cursor, "MATCH", f"{self.prefix}:*", "COUNT", 1000
+                )
+                if keys:
+                    await self._execute(shard, "UNLINK", *keys)
+                if cursor == b"0":
+                    break
         self._local.clear()
         for group in list(self._groups):
             self._unsubscribe(group)
         self._groups.clear()
+        self._unrecorded.clear()
+
+    async def check(self) -> None:
+        """One connection attempt per host, bounded by its connect timeout.
+
+        Raises :class:`LayerConnectionError` naming the first host that cannot be reached or
+        refuses the greeting; that host's connection is then retried in the background, and
+        the process is reported ready (:mod:`roomcast.readiness`) once it answers.
+        """
+        if not self._at_home():
+            return await self._on_home(self.check)
+        self._home_loop()
+        for shard, host in enumerate(self.hosts):
+            try:
+                link = await RespLink.open(host, name=f"roomcast:{self.prefix}:check")
+                try:
+                    async with asyncio.timeout(host.connect_timeout):
+                        (pong,) = await link.request(resp.pack("PING"), 1)
+                finally:
+                    link.close()
+                if isinstance(pong, BaseException):
+                    raise pong
+            except (*LOST_CONNECTION, RedisError) as exc:
+                self.health.lost(shard, exc)
+                self._pipes[shard].start()  # reconnects until Redis answers: then ready
+                raise LayerConnectionError(
+                    f"cannot reach Redis at {host.description}: {exc}"
+                ) from exc
+
+    def stats(self) -> dict[str, Any]:
+        """What this layer holds and has seen (for tests, health pages and benchmarks)."""
+        return {
+            "local_groups": len(self._groups),
+            "local_memberships": self._groups.count(),
+            "local_channels": len(self._local),
+            "queued_calls": sum(pipe.queued for pipe in self._pipes),
+            "unrecorded_discards": sum(len(waiting) for waiting in self._unrecorded.values()),
+            "outages": self.health.outages,
+            "swept_processes": self._liveness.swept if self._liveness is not None else 0,
+        }
 
     async def close(self) -> None:
-        """Stop the readers and close this loop's connections."""
+        """Stop the readers and close the connections."""
+        if self._home is not None and not self._home.is_closed() and not self._at_home():
+            try:
+                return await self._on_home(self.close)
+            except RuntimeError:  # the home loop is not running any more
+                pass
+        if self._liveness is not None:
+            await self._liveness.stop(unregister=True)  # gone: its records are ignored now
+            self._liveness = None
         if self._inbox is not None:
             await self._inbox.stop()
             self._inbox = None
         for subscriber in self._subscribers.values():
             await subscriber.stop()
         self._subscribers.clear()
+        for reader in self._plain.values():
+            await reader.stop()
+        self._plain.clear()
         for task in list(self._background):
             await cancel_and_wait(task)
+        pipes, self._pipes = self._pipes, []
+        if pipes:
+            await asyncio.sleep(0)  # let a last ZREM of our liveness entry go out
+        for pipe in pipes:
+            pipe.close()
         self._home = None
         self._home_thread = None
-        loop = asyncio.get_running_loop()
-        for client in self._clients.pop(loop, []):
-            await client.aclose()
-        self._clients.clear()
-        for batcher in self._batchers.pop(loop, []):
-            batcher.close()
-        self._batchers.clear()
+        if self._health is not None:
+            self._health.forget()
+
+
+def _packed(keys: list[str], args: list[Any]) -> tuple[int, bytes]:
+    """A script call's ``numkeys keys... args...`` packed, and how many of them."""
+    body = resp.bulk(b"%d" % len(keys)) + b"".join(
+        [resp.bulk(arg if arg.__class__ is bytes else str(arg).encode()) for arg in (*keys, *args)]
+    )
+    return len(keys) + len(args) + 1, body

@@ -1,11 +1,18 @@
-"""A pipelined Redis connection for the layer's hot path: bytes out, replies to callbacks.
+"""One Redis connection the layer owns: its socket, its handshake, its replies to callbacks.
 
-redis-py makes the connection (TLS, unix sockets, Sentinel, AUTH, SELECT, HELLO, client
-options: whatever the ``hosts`` entry says), then the socket is taken over by
-:class:`RespLink`, an :class:`asyncio.Protocol`. A command costs one ``write`` and its reply one
-parse and one callback: no pool checkout, no per-command task, no timer per read (one watchdog
-per connection instead). Replies arrive in the order commands were written, so several
-requests may be in flight at once.
+:meth:`RespLink.open` connects with ``loop.create_connection`` (TCP, TLS with the SSL context
+built from the host's ``ssl_*`` options) or ``loop.create_unix_connection``, bounded by the
+host's connect timeout, then greets the server itself in one write: ``HELLO 3`` when the host
+asks for RESP3, ``AUTH`` (user and password, or a credential provider's), ``CLIENT SETNAME``,
+``SELECT``, and for a Sentinel-named master ``ROLE`` (a link never settles on a replica).
+
+After that a command costs one ``write`` and its reply one parse and one callback: no pool
+checkout, no per-command task, no timer per read (one watchdog per connection instead). Replies
+arrive in the order commands were written, so many requests may be in flight at once
+(pipelining). A link in *push mode* (a subscriber's) hands every reply to one callback instead.
+
+Replies are read by ``hiredis.Reader`` when hiredis is installed, else by the plain-Python
+reader (:mod:`roomcast.layers.redis.resp`).
 
 Any failure (connection lost, no reply within the socket timeout, bytes that are not RESP)
 closes the link and fails every request waiting on it; the owner opens a new one.
@@ -14,22 +21,23 @@ closes the link and fails every request waiting on it; the owner opens a new one
 from __future__ import annotations
 
 import asyncio
+import socket
 from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import InvalidResponse
+from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from .hosts import HostSpec
+from . import resp
+from .hosts import Address, HostSpec
 from .reconnect import logger
-from .resp import NOT_READY, ReplyParser
 
 # Gets a request's replies (server errors among them as exception instances), or the
 # exception that ended the connection before they all came.
 ReplyCallback = Callable[[list[Any] | BaseException], None]
+PushCallback = Callable[[Any], None]
 
 
 class _Request:
@@ -42,43 +50,137 @@ class _Request:
         self.replies: list[Any] = []
 
 
+class HandshakeError(RedisConnectionError):
+    """The server refused the greeting (a wrong password, a replica where a master was asked
+    for): the link is closed. The message names the host."""
+
+
 class RespLink(asyncio.Protocol):
     """One Redis connection whose replies go to the callbacks of the requests, in order."""
 
     def __init__(
         self,
-        transport: asyncio.WriteTransport,
-        timeout: float | None,
         description: str,
-        owner: object = None,
+        timeout: float | None,
+        *,
+        use_hiredis: bool | None = None,
     ) -> None:
-        self._transport = transport
-        self._owner = owner  # kept alive: a StreamWriter closes its transport when collected
+        self._transport: asyncio.WriteTransport | None = None
         self._timeout = timeout
-        self._description = description
+        self.description = description
         self._loop = asyncio.get_running_loop()
-        self._parser = ReplyParser()
+        self._parser = resp.make_reader(use_hiredis=use_hiredis)
         self._waiting: deque[_Request] = deque()
         self._timer: asyncio.TimerHandle | None = None
         self._head_since = 0.0  # when the oldest waiting request began to wait for its reply
+        self._on_push: PushCallback | None = None
+        self._lost: asyncio.Future[BaseException] = self._loop.create_future()
+        self.last_read = self._loop.time()
+        self.client_id: int | None = None  # CLIENT ID, when open() was asked for it
         self.closed = False
 
     @classmethod
-    async def open(cls, host: HostSpec) -> RespLink:
-        """Connect (one attempt) with redis-py's handshake, then take the socket over."""
-        pool = host.client(retries=0).connection_pool
-        conn: AbstractConnection = pool.make_connection()  # type: ignore[no-untyped-call]
-        await conn.connect()  # type: ignore[no-untyped-call]
-        writer = conn._writer
-        if writer is None:
-            raise RedisConnectionError(f"no connection to {host.description}")
-        # Detached, so that redis-py's Connection.__del__ does not close our socket.
-        conn._writer = conn._reader = None
-        transport = writer.transport  # (uvloop's transports are not asyncio.Transport)
-        timeout = conn.socket_timeout
-        link = cls(transport, float(timeout) if timeout else None, host.description, writer)
-        transport.set_protocol(link)
+    async def open(
+        cls,
+        host: HostSpec,
+        *,
+        name: str | None = None,
+        want_id: bool = False,
+        use_hiredis: bool | None = None,
+    ) -> RespLink:
+        """Connect (one attempt, bounded by the host's connect timeout) and greet the server.
+
+        Raises :class:`~redis.exceptions.ConnectionError` (or ``OSError``, ``TimeoutError``)
+        when the server cannot be reached or refuses the greeting.
+        """
+        loop = asyncio.get_running_loop()
+        timeout = host.connect_timeout
+        try:
+            async with asyncio.timeout(timeout):
+                address = await host.address()
+                link = cls(
+                    host.description if address.host is None else _where(host, address),
+                    address.socket_timeout,
+                    use_hiredis=use_hiredis,
+                )
+                if address.path is not None:
+                    await loop.create_unix_connection(lambda: link, address.path, ssl=address.ssl)
+                else:
+                    await loop.create_connection(
+                        lambda: link,
+                        address.host or "localhost",
+                        address.port,
+                        ssl=address.ssl,
+                        server_hostname=address.server_hostname if address.ssl else None,
+                    )
+                if address.keepalive:
+                    sock = link._socket()
+                    if sock is not None:
+                        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+                try:
+                    await link._greet(address, name, want_id)
+                except BaseException:
+                    link.close()
+                    raise
+        except TimeoutError:
+            raise RedisTimeoutError(
+                f"could not connect to {host.description} within {timeout} s"
+            ) from None
         return link
+
+    def _socket(self) -> socket.socket | None:
+        transport = self._transport
+        sock = transport.get_extra_info("socket") if transport is not None else None
+        return sock if isinstance(sock, socket.socket) else None
+
+    async def _greet(self, address: Address, name: str | None, want_id: bool) -> None:
+        username, password = address.username, address.password
+        if address.credential_provider is not None:
+            credentials = await address.credential_provider.get_credentials_async()
+            if len(credentials) == 1:
+                username, password = None, credentials[0]
+            else:
+                username, password = credentials[0], credentials[1]
+        commands: list[bytes] = []
+        checked: list[str] = []  # what each reply answers; errors of "setname" are ignored
+        if address.protocol == 3:
+            hello: list[Any] = ["HELLO", 3]
+            if password is not None:
+                hello += ["AUTH", username or "default", password]
+            commands.append(resp.pack(*hello))
+            checked.append("HELLO 3")
+        elif password is not None:
+            auth = ["AUTH", username, password] if username else ["AUTH", password]
+            commands.append(resp.pack(*auth))
+            checked.append("AUTH")
+        client_name = address.client_name or name
+        if client_name:
+            commands.append(resp.pack("CLIENT", "SETNAME", client_name))
+            checked.append("setname")
+        if address.db:
+            commands.append(resp.pack("SELECT", address.db))
+            checked.append(f"SELECT {address.db}")
+        if address.require_master:
+            commands.append(resp.pack("ROLE"))
+            checked.append("ROLE")
+        if want_id:
+            commands.append(resp.pack("CLIENT", "ID"))
+            checked.append("CLIENT ID")
+        if not commands:
+            return
+        replies = await self.request(b"".join(commands), len(commands))
+        for what, reply in zip(checked, replies, strict=True):
+            if isinstance(reply, BaseException):
+                if what == "setname":
+                    continue  # a managed Redis may forbid it: the name is only a courtesy
+                raise HandshakeError(f"{self.description} refused {what}: {reply}")
+            if what == "ROLE" and (not reply or reply[0] != b"master"):
+                role = reply[0].decode() if reply else "unknown"
+                raise HandshakeError(f"{self.description} is a {role}, not the master")
+            if what == "CLIENT ID":
+                self.client_id = int(reply)
+
+    # Requests -----------------------------------------------------------------------------
 
     def send(
         self,
@@ -92,12 +194,13 @@ class RespLink(asyncio.Protocol):
 
         ``callback`` is called once per request, with its ``count`` replies.
 
-        ``blocking`` is how long the server may hold the reply on purpose (``BLMPOP``'s
+        ``blocking`` is how long the server may hold the reply on purpose (a blocking pop's
         timeout); the socket timeout runs after it. A request's time runs from when the one
         before it was answered, so a queue of blocking commands does not time out.
         """
-        if self.closed:
-            raise RedisConnectionError(f"connection to {self._description} is closed")
+        transport = self._transport
+        if self.closed or transport is None:
+            raise RedisConnectionError(f"connection to {self.description} is closed")
         waiting = self._waiting
         if not waiting:
             self._head_since = self._loop.time()
@@ -105,32 +208,87 @@ class RespLink(asyncio.Protocol):
             waiting.append(_Request(count, callback, blocking))
         if self._timer is None and self._timeout is not None:
             self._arm()
-        self._transport.write(data)
+        transport.write(data)
+
+    def request(self, data: bytes, count: int, blocking: float = 0) -> asyncio.Future[list[Any]]:
+        """:meth:`send` one request; the future gets its replies or the link's failure."""
+        future: asyncio.Future[list[Any]] = self._loop.create_future()
+
+        def resolve(replies: list[Any] | BaseException) -> None:
+            if future.done():
+                return
+            if isinstance(replies, BaseException):
+                future.set_exception(replies)
+            else:
+                future.set_result(replies)
+
+        self.send(data, count, resolve, blocking)
+        return future
+
+    def push_mode(self, on_push: PushCallback) -> None:
+        """From now on every reply goes to ``on_push`` (a subscriber's connection); commands
+        are written with :meth:`write` and answered through ``on_push`` too."""
+        self._on_push = on_push
+
+    def write(self, data: bytes) -> None:
+        """Write commands whose replies go to the push callback."""
+        transport = self._transport
+        if self.closed or transport is None:
+            raise RedisConnectionError(f"connection to {self.description} is closed")
+        transport.write(data)
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._waiting)
+
+    async def wait_closed(self) -> BaseException:
+        """Wait until the link has failed or been closed; returns why."""
+        return await asyncio.shield(self._lost)
 
     def close(self) -> None:
         """Close after what is written has gone out; waiting requests fail."""
         if not self.closed:
             self.closed = True
-            self._transport.close()
-        self._fail(RedisConnectionError(f"connection to {self._description} closed by us"))
+            if self._transport is not None:
+                self._transport.close()
+        self._fail(RedisConnectionError(f"connection to {self.description} closed by us"))
+
+    def abort(self, error: BaseException) -> None:
+        """Drop the connection now; waiting requests get ``error``."""
+        self._fail(error)
 
     # asyncio.Protocol ---------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
         parser = self._parser
         parser.feed(data)
+        self.last_read = self._loop.time()
         waiting = self._waiting
         while True:
             try:
                 reply = parser.gets()
-            except (InvalidResponse, ValueError, IndexError) as exc:
-                self._fail(InvalidResponse(f"{self._description} sent bad bytes: {exc}"))
+            except resp.PROTOCOL_ERRORS as exc:
+                self._fail(RedisConnectionError(f"{self.description} sent bad bytes: {exc}"))
                 return
-            if reply is NOT_READY:
+            if reply is resp.NOT_READY:
                 return
             if not waiting:
-                self._fail(InvalidResponse(f"{self._description} sent a reply nobody asked for"))
-                return
+                on_push = self._on_push
+                if on_push is None:
+                    self._fail(
+                        RedisConnectionError(f"{self.description} sent a reply nobody asked for")
+                    )
+                    return
+                try:
+                    on_push(reply)
+                except Exception:  # the owner's bug must not end the connection silently
+                    logger.exception("push callback of %s failed", self.description)
+                if self.closed:
+                    return
+                continue
             request = waiting[0]
             replies = request.replies
             replies.append(reply)
@@ -145,7 +303,7 @@ class RespLink(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         reason = f": {exc}" if exc is not None else ""
-        self._fail(RedisConnectionError(f"connection to {self._description} lost{reason}"))
+        self._fail(RedisConnectionError(f"connection to {self.description} lost{reason}"))
 
     # Failure ------------------------------------------------------------------------------
 
@@ -162,7 +320,7 @@ class RespLink(asyncio.Protocol):
         assert self._timeout is not None
         if self._loop.time() >= self._head_since + self._timeout + self._waiting[0].blocking:
             self._fail(
-                RedisTimeoutError(f"no reply from {self._description} within {self._timeout} s")
+                RedisTimeoutError(f"no reply from {self.description} within {self._timeout} s")
             )
             return
         self._arm()
@@ -170,10 +328,13 @@ class RespLink(asyncio.Protocol):
     def _fail(self, error: BaseException) -> None:
         if not self.closed:
             self.closed = True
-            self._transport.abort()
+            if self._transport is not None:
+                self._transport.abort()
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        if not self._lost.done():
+            self._lost.set_result(error)
         waiting, self._waiting = self._waiting, deque()
         for request in waiting:
             self._deliver(request.callback, error)
@@ -182,4 +343,14 @@ class RespLink(asyncio.Protocol):
         try:
             callback(result)
         except Exception:  # one owner's bug must not break the others' replies
-            logger.exception("reply callback of %s failed", self._description)
+            logger.exception("reply callback of %s failed", self.description)
+
+
+def _where(host: HostSpec, address: Address) -> str:
+    """The host's description, with the address a Sentinel named."""
+    if host.description.startswith("sentinel:"):
+        return f"{host.description} ({address.host}:{address.port})"
+    return host.description
+
+
+__all__ = ["HandshakeError", "RedisError", "RespLink"]

@@ -7,24 +7,19 @@ needs nothing re-registered.
 from __future__ import annotations
 
 import hashlib
-from typing import Any
 
-from redis.asyncio import Redis
-from redis.exceptions import NoScriptError
+from .resp import bulk
 
 
 class Script:
-    """A Lua script called by SHA, sent in full only when the server lacks it."""
+    """A Lua script called by SHA (``EVALSHA``), sent in full (``EVAL``) only when the server
+    lacks it; :mod:`roomcast.layers.redis.pipeline` does the falling back."""
 
     def __init__(self, source: str) -> None:
         self.source = source
         self.sha = hashlib.sha1(source.encode()).hexdigest()
-
-    async def __call__(self, client: Redis, keys: list[str], args: list[Any]) -> Any:
-        try:
-            return await client.evalsha(self.sha, len(keys), *keys, *args)
-        except NoScriptError:
-            return await client.eval(self.source, len(keys), *keys, *args)
+        self.evalsha_head = bulk(b"EVALSHA") + bulk(self.sha.encode())
+        self.eval_head = bulk(b"EVAL") + bulk(source.encode())
 
 
 # Push one entry to a bounded list. KEYS: list. ARGV: entry, capacity, ttl (ms).
@@ -76,5 +71,51 @@ GROUP_DISCARD = Script(
 redis.call('ZREM', KEYS[1], ARGV[1])
 redis.call('ZREM', KEYS[2], ARGV[1])
 return 1
+"""
+)
+
+# Remove the records of a process that is gone. KEYS: members zset, external zset, processes
+# zset. ARGV: process id, the marker ".<process id>!" its channel names hold. Does nothing if
+# the process has registered again meanwhile (it then re-records its memberships itself).
+SWEEP_PROCESS = Script(
+    """
+if redis.call('ZSCORE', KEYS[3], ARGV[1]) then
+  return -1
+end
+local removed = 0
+for _, member in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
+  if string.find(member, ARGV[2], 1, true) then
+    redis.call('ZREM', KEYS[1], member)
+    removed = removed + 1
+  end
+end
+return removed
+"""
+)
+
+# Remove the records of members whose process has no liveness entry. KEYS: members zset,
+# processes zset. ARGV: member, process, member, process, ...
+SWEEP_MEMBERS = Script(
+    """
+local removed = 0
+for i = 1, #ARGV, 2 do
+  if not redis.call('ZSCORE', KEYS[2], ARGV[i + 1]) then
+    removed = removed + redis.call('ZREM', KEYS[1], ARGV[i])
+  end
+end
+return removed
+"""
+)
+
+# Forget a process whose heartbeat lapsed. KEYS: processes zset. ARGV: process id, cutoff.
+# Returns 1 if it was removed (its records may then be swept), 0 if it beat again meanwhile.
+FORGET_PROCESS = Script(
+    """
+local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if score and tonumber(score) <= tonumber(ARGV[2]) then
+  redis.call('ZREM', KEYS[1], ARGV[1])
+  return 1
+end
+return 0
 """
 )

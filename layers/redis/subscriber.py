@@ -1,9 +1,12 @@
-"""One pub/sub connection per shard, subscribed to the groups this process has members in.
+"""One pub/sub connection per host, subscribed to the groups this process has members in.
 
-The connection is a bare redis-py connection read by one task, so the hot path (a published
-group message) is one read and one callback, and reconnection is ours to control: after any
-error the connection is rebuilt and every wanted channel is subscribed again. The wanted set is
-the process's own state, which is the truth that survives a Redis restart.
+The connection is a :class:`~roomcast.layers.redis.link.RespLink` of its own in push mode
+(RESP2 subscribe mode, or RESP3 pushes when the host asks for ``protocol=3``): a published group
+message is one parse and one callback, with no task switch. Reconnection is ours: after any
+error (a restart, ``CLIENT KILL TYPE pubsub``, a failover, no reply to our ``PING`` within
+:data:`DEAD_AFTER` seconds) the connection is rebuilt and every wanted channel is subscribed
+again. The wanted set is the process's own state, which is the truth that survives a Redis
+restart.
 
 Messages published while this connection is down are lost for this process: pub/sub keeps no
 backlog. That is the at-most-once price of fan-out at O(processes).
@@ -13,26 +16,40 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 from collections.abc import Callable
 from typing import Any
 
-from redis.asyncio.connection import AbstractConnection
-
+from . import resp
+from .health import Health
 from .hosts import HostSpec
-from .reconnect import CONNECTION_ERRORS, Backoff, cancel_and_wait, logger
+from .link import RespLink
+from .reconnect import CONNECTION_ERRORS, cancel_and_wait, logger
 
 IDLE_PING_AFTER = 5.0  # seconds without traffic before we check that the connection lives
 DEAD_AFTER = 15.0  # seconds without any reply (not even to our PING) before we rebuild it
+SUBSCRIBE_CHUNK = 512  # channels per SUBSCRIBE command when (re)subscribing many at once
+RECONNECT_CAP = 1.0
 
 
 class GroupSubscriber:
-    """Keeps a shard's subscriptions equal to the wanted set across disconnections."""
+    """Keeps a host's subscriptions equal to the wanted set across disconnections."""
 
-    def __init__(self, host: HostSpec, on_message: Callable[[str, bytes], None], name: str) -> None:
+    def __init__(
+        self,
+        host: HostSpec,
+        on_message: Callable[[str, bytes], None],
+        *,
+        name: str,
+        shard: int,
+        health: Health,
+    ) -> None:
         self._host = host
         self._on_message = on_message
         self._name = name
-        self._conn: AbstractConnection | None = None
+        self._shard = shard
+        self._health = health
+        self._link: RespLink | None = None
         # wanted channel -> set once Redis has confirmed our last SUBSCRIBE of it
         self._confirmed: dict[str, asyncio.Event] = {}
         self._inflight: dict[str, int] = {}  # SUBSCRIBE commands not yet confirmed
@@ -53,7 +70,7 @@ class GroupSubscriber:
         task, self._task = self._task, None
         if task is not None:
             await cancel_and_wait(task)
-        await self._drop_connection()
+        self._drop_link()
         for event in self._confirmed.values():
             event.set()
         self._confirmed.clear()
@@ -68,92 +85,98 @@ class GroupSubscriber:
         event = self._confirmed.get(channel)
         if event is None:
             event = self._confirmed[channel] = asyncio.Event()
-            await self._send("SUBSCRIBE", channel)
+            self._send("SUBSCRIBE", channel)
         await event.wait()
 
-    async def remove(self, channel: str) -> None:
+    def remove(self, channel: str) -> None:
         event = self._confirmed.pop(channel, None)
         if event is not None:
             event.set()  # release anyone still waiting: the channel is simply not wanted now
-            await self._send("UNSUBSCRIBE", channel)
+            self._send("UNSUBSCRIBE", channel)
 
-    async def _send(self, command: str, channel: str) -> None:
-        conn = self._conn
-        if conn is None:
+    def _send(self, command: str, channel: str) -> None:
+        link = self._link
+        if link is None or link.closed:
             return  # the run loop subscribes to everything wanted when it reconnects
         if command == "SUBSCRIBE":
             self._inflight[channel] = self._inflight.get(channel, 0) + 1
-        try:
-            await conn.send_command(command, channel)
-        except CONNECTION_ERRORS as exc:
-            logger.debug(
-                "%s: %s %s failed (%s); reconnect redoes it", self._name, command, channel, exc
-            )
+        link.write(resp.pack(command, channel))
 
-    async def _drop_connection(self) -> None:
-        conn, self._conn = self._conn, None
+    def _drop_link(self) -> None:
+        link, self._link = self._link, None
         self._inflight.clear()
         for event in self._confirmed.values():
             event.clear()
-        if conn is not None:
+        if link is not None:
             with contextlib.suppress(*CONNECTION_ERRORS):
-                await conn.disconnect()
+                link.close()
 
     async def _run(self) -> None:
-        backoff = Backoff(f"group subscriber {self._name}")
+        failures = 0
         while True:
+            if failures:
+                delay = min(RECONNECT_CAP, 0.05 * 2 ** min(failures, 16))
+                await asyncio.sleep(random.uniform(delay / 2, delay))
             try:
-                await self._connect()
-                backoff.succeeded()
-                await self._read()
+                link = await RespLink.open(self._host, name=self._name)
             except asyncio.CancelledError:
                 raise
-            except CONNECTION_ERRORS as exc:
-                await self._drop_connection()
-                self.reconnects += 1
-                await backoff.failed(exc)
+            except Exception as exc:
+                failures += 1
+                self._health.lost(self._shard, exc)
+                continue
+            if failures or self.reconnects:
+                logger.debug("%s: reconnected", self._name)
+            failures = 0
+            self._health.back(self._shard)
+            try:
+                await self._serve(link)
+            except asyncio.CancelledError:
+                raise
             except Exception:  # a bug must not silently end delivery to this process
                 logger.exception("%s: unexpected error; reconnecting", self._name)
-                await self._drop_connection()
-                await backoff.failed(RuntimeError("unexpected error"))
+            self._drop_link()
+            self.reconnects += 1
 
-    async def _connect(self) -> None:
-        pool = self._host.client(retries=0).connection_pool
-        conn: AbstractConnection = pool.make_connection()  # type: ignore[no-untyped-call]
-        await conn.connect()  # type: ignore[no-untyped-call]
+    async def _serve(self, link: RespLink) -> None:
+        """Subscribe to everything wanted, then watch the connection until it fails."""
+        link.push_mode(self._on_push)
+        self._link = link
         wanted = list(self._confirmed)
-        if wanted:
-            await conn.send_command("SUBSCRIBE", *wanted)
         self._inflight = dict.fromkeys(wanted, 1)
-        self._conn = conn
-
-    async def _read(self) -> None:
-        conn = self._conn
-        assert conn is not None
+        for start in range(0, len(wanted), SUBSCRIBE_CHUNK):
+            link.write(resp.pack("SUBSCRIBE", *wanted[start : start + SUBSCRIBE_CHUNK]))
         loop = asyncio.get_running_loop()
-        on_message = self._on_message
-        last_seen = loop.time()
         pinged = False
-        while True:
-            reply: Any = await conn.read_response(
-                timeout=1.0, disable_decoding=True, push_request=True
-            )
-            now = loop.time()
-            if reply is None:
-                idle = now - last_seen
+        closed = asyncio.ensure_future(link.wait_closed())
+        try:
+            while not closed.done():
+                await asyncio.wait([closed], timeout=1.0)
+                idle = loop.time() - link.last_read
                 if idle > DEAD_AFTER:
-                    raise ConnectionError(f"no reply from Redis for {idle:.0f} s")
-                if idle > IDLE_PING_AFTER and not pinged:
-                    await conn.send_command("PING")
-                    pinged = True
-                continue
-            last_seen = now
-            pinged = False
-            kind = reply[0] if isinstance(reply, list) else None
+                    link.abort(ConnectionError(f"no reply from Redis for {idle:.0f} s"))
+                elif idle > IDLE_PING_AFTER:
+                    if not pinged:
+                        link.write(resp.pack("PING"))
+                        pinged = True
+                else:
+                    pinged = False
+        finally:
+            closed.cancel()
+        error = closed.result() if not closed.cancelled() else None
+        logger.debug("%s: connection ended (%s)", self._name, error)
+
+    def _on_push(self, reply: Any) -> None:
+        if isinstance(reply, list) and reply:
+            kind = reply[0]
             if kind == b"message":
-                on_message(reply[1].decode(), reply[2])
+                self._on_message(reply[1].decode(), reply[2])
             elif kind == b"subscribe":
                 self._on_confirmed(reply[1].decode())
+        elif isinstance(reply, BaseException):
+            self._health.log.warning(
+                f"subscriber error {self._shard}", "%s: Redis answered %s", self._name, reply
+            )
 
     def _on_confirmed(self, channel: str) -> None:
         left = self._inflight.get(channel, 1) - 1

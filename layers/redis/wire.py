@@ -10,6 +10,10 @@ Keys (every key of one operation shares a ``{hash tag}``, so Redis Cluster can f
 ``<prefix>:p{<process>}`` list   a process's inbox: direct sends to its ``!`` channels, and
                                  control messages (group_add of its channel by another process)
 ``<prefix>:c{<channel>}`` list   a plain channel's queue, read by whichever process receives
+``<prefix>:procs``        zset   liveness: every live process -> the time of its last
+                                 heartbeat (one such key on each host)
+``<prefix>:pg{<process>}`` set   the groups (of this host) a process has members in: what
+                                 to sweep when its heartbeat lapses
 ========================  =====  ==========================================================
 
 Entries:
@@ -48,6 +52,14 @@ def inbox_key(prefix: str, process: str) -> str:
 
 def channel_key(prefix: str, channel: str) -> str:
     return f"{prefix}:c{{{channel}}}"
+
+
+def processes_key(prefix: str) -> str:
+    return f"{prefix}:procs"
+
+
+def process_groups_key(prefix: str, process: str) -> str:
+    return f"{prefix}:pg{{{process}}}"
 
 
 def process_of(channel: str) -> str:

@@ -72,8 +72,11 @@ async def test_kill_and_restart_under_traffic(
         await asyncio.sleep(0.5)
         own_redis_server.start()
         await traffic_task
-        assert failures > 0, "the outage was not noticed by callers"
-        assert sent > 0
+        # The outage (half a second) is shorter than retry_timeout: calls waited it out. Only
+        # a group_send in flight at the instant of the kill may fail (Redis may or may not
+        # have run it: written again it could arrive twice).
+        assert failures <= 1
+        assert sent + failures == 400
 
         # Drain what arrived; delivery was at most once and in order.
         async def drain(layer: RedisChannelLayer, channel: str) -> list[int]:
@@ -118,7 +121,7 @@ async def test_kill_and_restart_under_traffic(
 
 
 async def test_calls_during_outage_raise_a_clear_error(own_redis_server: RedisServer) -> None:
-    layer = RedisChannelLayer(hosts=[own_redis_server.url], prefix="down")
+    layer = RedisChannelLayer(hosts=[own_redis_server.url], prefix="down", retry_timeout=0.5)
     try:
         await layer.send("jobs", {"type": "x"})
         own_redis_server.kill()

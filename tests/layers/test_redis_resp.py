@@ -1,14 +1,25 @@
-"""The hot path's own RESP reader and packer (roomcast.layers.redis.resp), byte by byte."""
+"""The links' RESP readers (hiredis's and the plain-Python one) and packer, byte by byte.
+
+Every case runs on both readers: they must hand the layer the same values.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
 import pytest
-from redis.exceptions import BusyLoadingError, InvalidResponse, NoScriptError, ResponseError
-from roomcast.layers.redis.resp import NOT_READY, ReplyParser, bulk, pack
+from redis.exceptions import (
+    AuthenticationError,
+    BusyLoadingError,
+    InvalidResponse,
+    NoScriptError,
+    ReadOnlyError,
+    ResponseError,
+)
+from roomcast.layers.redis import resp
+from roomcast.layers.redis.resp import NOT_READY, Reader, bulk, error_of, make_reader, pack
 
-# (wire bytes, what the parser hands back); errors are compared by class and message.
+# (wire bytes, what the reader hands back); errors are compared by class and message.
 REPLIES: list[tuple[bytes, Any]] = [
     (b"+OK\r\n", b"OK"),
     (b":42\r\n", 42),
@@ -23,28 +34,54 @@ REPLIES: list[tuple[bytes, Any]] = [
     (b"#t\r\n", True),
     (b"#f\r\n", False),
     (b",1.5\r\n", 1.5),
-    (b"(12345678901234567890\r\n", 12345678901234567890),
-    (b"%1\r\n+k\r\n:1\r\n", [b"k", 1]),
+    (b"%1\r\n+k\r\n:1\r\n", {b"k": 1}),
     (b"~1\r\n:7\r\n", [7]),
     (b"=7\r\ntxt:abc\r\n", b"abc"),
+    (b">3\r\n$7\r\nmessage\r\n$1\r\nc\r\n$1\r\nd\r\n", [b"message", b"c", b"d"]),  # a push
+]
+# Only the Python reader: RESP3 types the layer never asks for, which hiredis reads otherwise.
+PYTHON_ONLY: list[tuple[bytes, Any]] = [
+    (b"(12345678901234567890\r\n", 12345678901234567890),
     (b"|1\r\n+ttl\r\n:3\r\n:9\r\n", 9),  # an attribute annotates the reply after it
 ]
 
+READERS = ["python", "hiredis"]
 
-def drain(parser: ReplyParser) -> list[Any]:
+
+@pytest.fixture(params=READERS)
+def reader_kind(request: pytest.FixtureRequest) -> str:
+    if request.param == "hiredis":
+        pytest.importorskip("hiredis")  # a dev dependency: installed with '.[dev]'
+    kind: str = request.param
+    return kind
+
+
+def new_reader(kind: str) -> Reader:
+    return make_reader(use_hiredis=kind == "hiredis")
+
+
+def drain(reader: Reader) -> list[Any]:
     replies = []
-    while (reply := parser.gets()) is not NOT_READY:
+    while (reply := reader.gets()) is not NOT_READY:
         replies.append(reply)
     return replies
 
 
+def test_make_reader_prefers_hiredis_when_installed() -> None:
+    pytest.importorskip("hiredis")
+    import hiredis
+
+    assert isinstance(make_reader(), hiredis.Reader)
+    assert isinstance(make_reader(use_hiredis=False), resp.ReplyParser)
+
+
 @pytest.mark.parametrize(("wire", "expected"), REPLIES)
-def test_each_reply_whole_and_byte_by_byte(wire: bytes, expected: Any) -> None:
-    whole = ReplyParser()
+def test_each_reply_whole_and_byte_by_byte(reader_kind: str, wire: bytes, expected: Any) -> None:
+    whole = new_reader(reader_kind)
     whole.feed(wire)
     assert drain(whole) == [expected]
 
-    trickle = ReplyParser()
+    trickle = new_reader(reader_kind)
     got = []
     for index in range(len(wire)):
         trickle.feed(wire[index : index + 1])
@@ -52,15 +89,22 @@ def test_each_reply_whole_and_byte_by_byte(wire: bytes, expected: Any) -> None:
     assert got == [expected]
 
 
-def test_many_replies_split_anywhere() -> None:
+@pytest.mark.parametrize(("wire", "expected"), PYTHON_ONLY)
+def test_python_reader_reads_rare_resp3_types(wire: bytes, expected: Any) -> None:
+    reader = new_reader("python")
+    reader.feed(wire)
+    assert drain(reader) == [expected]
+
+
+def test_many_replies_split_anywhere(reader_kind: str) -> None:
     wire = b"".join(data for data, _ in REPLIES)
     expected = [reply for _, reply in REPLIES]
     for cut in range(len(wire)):
-        parser = ReplyParser()
-        parser.feed(wire[:cut])
-        got = drain(parser)
-        parser.feed(wire[cut:])
-        assert got + drain(parser) == expected
+        reader = new_reader(reader_kind)
+        reader.feed(wire[:cut])
+        got = drain(reader)
+        reader.feed(wire[cut:])
+        assert got + drain(reader) == expected
 
 
 @pytest.mark.parametrize(
@@ -68,27 +112,42 @@ def test_many_replies_split_anywhere() -> None:
     [
         (b"-NOSCRIPT No matching script.\r\n", NoScriptError, "No matching script."),
         (b"-LOADING Redis is loading\r\n", BusyLoadingError, "Redis is loading"),
+        (b"-READONLY You can't write\r\n", ReadOnlyError, "You can't write"),
+        (b"-WRONGPASS invalid username-password\r\n", AuthenticationError, "invalid username"),
         (b"-ERR unknown command 'BLMPOP'\r\n", ResponseError, "unknown command 'BLMPOP'"),
-        (b"!21\r\nSYNTAX invalid syntax\r\n", ResponseError, "SYNTAX invalid syntax"),
+        (b"-WEIRD something else\r\n", ResponseError, "WEIRD something else"),
     ],
 )
 def test_errors_are_returned_as_redis_py_would_raise_them(
-    wire: bytes, kind: type[Exception], message: str
+    reader_kind: str, wire: bytes, kind: type[Exception], message: str
 ) -> None:
     """Returned, not raised: one failed command of a pipeline must not hide the others."""
-    parser = ReplyParser()
-    parser.feed(wire + b":1\r\n")
-    error, after = drain(parser)
+    reader = new_reader(reader_kind)
+    reader.feed(wire + b":1\r\n")
+    error, after = drain(reader)
     assert type(error) is kind
     assert message in str(error)
     assert after == 1
 
 
-def test_bytes_that_are_not_resp_are_refused() -> None:
-    parser = ReplyParser()
-    parser.feed(b"?what\r\n")
+def test_bulk_errors_in_python_reader() -> None:
+    reader = new_reader("python")
+    reader.feed(b"!21\r\nSYNTAX invalid syntax\r\n")
+    (error,) = drain(reader)
+    assert type(error) is ResponseError
+    assert "SYNTAX invalid syntax" in str(error)
+
+
+def test_bytes_that_are_not_resp_are_refused(reader_kind: str) -> None:
+    reader = new_reader(reader_kind)
+    reader.feed(b"?what\r\n")
     with pytest.raises(InvalidResponse):
-        parser.gets()
+        reader.gets()
+
+
+def test_error_mapping_drops_the_code_word() -> None:
+    assert str(error_of("NOSCRIPT No matching script.")) == "No matching script."
+    assert type(error_of("ERR invalid password")) is AuthenticationError
 
 
 def test_pack_and_bulk() -> None:
