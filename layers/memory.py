@@ -10,6 +10,12 @@ mutable dict and the layer refuses exactly what the Redis layer refuses.
 Semantics beyond :mod:`roomcast.layers.base`: a ``send`` and a ``group_send`` from one sender to one
 channel also keep their order (both are appended to the same buffer at call time). Nothing
 survives the process.
+
+History (``CONFIG["history"]``, see :mod:`roomcast.layers.history`): a history group's last
+messages are kept here (:mod:`roomcast.layers.memory_history`), already stamped with their
+position, so a member and ``group_history`` see the very same bytes. Epochs are random per
+group record, so a new process (or a ``flush()``) starts new epochs and old positions resume
+with ``recovered=False``.
 """
 
 from __future__ import annotations
@@ -18,11 +24,13 @@ import re
 import secrets
 import time
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, ClassVar
 
-from .base import BaseChannelLayer
+from .base import BaseChannelLayer, HistoryConfig
 from .exceptions import ChannelFull
+from .history import HistoryPolicy, HistoryResult, StreamPosition, select_history
 from .local import LocalChannels, LocalGroups, shareable, unpack
+from .memory_history import MemoryHistories
 from .serializers import DEFAULT_MAX_MESSAGE_SIZE, MessageCodec
 
 RECEIVABLE_CACHE = 65536  # channel names whose check receive() remembers, at most
@@ -30,6 +38,8 @@ RECEIVABLE_CACHE = 65536  # channel names whose check receive() remembers, at mo
 
 class InMemoryChannelLayer(BaseChannelLayer):
     """A channel layer inside one process. ``CONFIG`` takes the options of the base class."""
+
+    extensions: ClassVar[list[str]] = ["groups", "flush", "history"]
 
     def __init__(
         self,
@@ -39,6 +49,7 @@ class InMemoryChannelLayer(BaseChannelLayer):
         capacity: int = 100,
         channel_capacity: Mapping[str | re.Pattern[str], int] | None = None,
         max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+        history: HistoryConfig | None = None,
     ) -> None:
         super().__init__(
             expiry=expiry,
@@ -46,11 +57,13 @@ class InMemoryChannelLayer(BaseChannelLayer):
             capacity=capacity,
             channel_capacity=channel_capacity,
             max_message_size=max_message_size,
+            history=history,
         )
         self._codec = MessageCodec(max_message_size=max_message_size)
         self._channels = LocalChannels(self.get_capacity, self.counters)
         self._groups = LocalGroups(self.group_expiry)
         self._receivable: set[str] = set()  # names receive() has checked (a bounded cache)
+        self._histories = MemoryHistories(self.group_expiry)
 
     async def send(self, channel: str, message: dict[str, Any]) -> None:
         self.require_valid_channel_name(channel)
@@ -93,6 +106,8 @@ class InMemoryChannelLayer(BaseChannelLayer):
         self.require_valid_group_name(group)
         payload = self._codec.encode(message)
         now = time.monotonic()
+        if self.history:  # any history configured: this group's policy, decided once
+            payload = self._keep_in_history(group, payload, now)
         expires = now + self.expiry
         members = self._groups.members(group, now)
         item = shareable(payload, self._codec.decode, len(members))
@@ -103,6 +118,31 @@ class InMemoryChannelLayer(BaseChannelLayer):
     async def flush(self) -> None:
         self._channels.clear()
         self._groups.clear()
+        self._histories.clear()
 
     async def close(self) -> None:
         await self.flush()
+
+    # History (issue 13) -------------------------------------------------------------------
+
+    def _keep_in_history(self, group: str, payload: bytes, now: float) -> bytes:
+        """For a history group: keep the message, return it stamped with its position."""
+        policy = self.history_policy(group)
+        if policy is None:
+            return payload
+        return self._histories.append(group, policy, payload, now)
+
+    async def _read_history(
+        self,
+        group: str,
+        policy: HistoryPolicy,
+        since: StreamPosition | None,
+        limit: int | None,
+    ) -> HistoryResult:
+        position, entries = self._histories.read(group, policy, time.monotonic())
+        chosen, recovered = select_history(entries, position, since, limit)
+        messages = [self._codec.decode(payload) for payload in chosen]
+        return HistoryResult(messages, position, recovered)
+
+    async def _history_position(self, group: str, policy: HistoryPolicy) -> StreamPosition:
+        return self._histories.position(group, policy, time.monotonic())
