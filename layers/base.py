@@ -50,6 +50,7 @@ HistoryConfig: TypeAlias = Mapping[str | re.Pattern[str], Mapping[str, Any]]
 
 MAX_NAME_LENGTH = 100
 HISTORY_CACHE = 65536  # group names whose history policy is remembered, at most
+UNDECIDED: Any = object()  # a group whose history policy is not yet in the cache
 CHANNEL_NAME_RE = re.compile(r"^[a-zA-Z\d\-_.]+(![\d\w\-_.]*)?$")
 GROUP_NAME_RE = re.compile(r"^[a-zA-Z\d\-_.]+$")
 

@@ -70,6 +70,7 @@ _EPOCH_RE = re.compile(rf"[A-Za-z0-9_-]{{1,{MAX_EPOCH_LENGTH}}}")
 _OFFSET_RE = re.compile(r"0|[1-9][0-9]{0,18}")
 _MAX_TEXT = 200  # longest position or stamp text looked at (a group name is < 100)
 _PACKED_KEY: bytes = msgpack.packb(POSITION_KEY)
+_FIXMAP_HEADERS = [bytes((0x80 | count,)) for count in range(16)]
 
 
 def _short(value: Any) -> str:
@@ -186,6 +187,18 @@ def without_position(message: Mapping[str, Any]) -> dict[str, Any]:
     return {key: value for key, value in message.items() if key != POSITION_KEY}
 
 
+def _packed_str(value: str) -> bytes:
+    """``msgpack.packb(value)``, written out for the short strs stamps are (a third the cost)."""
+    data = value.encode()
+    size = len(data)
+    if size < 32:
+        return bytes((0xA0 | size,)) + data
+    if size < 256:
+        return b"\xd9" + bytes((size,)) + data
+    packed: bytes = msgpack.packb(value)
+    return packed
+
+
 def stamp_payload(payload: bytes, value: str) -> bytes:
     """The encoded message ``payload`` (a msgpack map) with :data:`POSITION_KEY` set to
     ``value`` (made by :func:`stamp`).
@@ -196,8 +209,10 @@ def stamp_payload(payload: bytes, value: str) -> bytes:
     history group accepts exactly the messages a plain group accepts.
     """
     head = payload[0]
-    if 0x80 <= head <= 0x8F:  # fixmap
-        count, body = head & 0x0F, payload[1:]
+    if 0x80 <= head < 0x8F:  # a fixmap that stays one: the common case, kept short
+        return _FIXMAP_HEADERS[(head & 0x0F) + 1] + payload[1:] + _PACKED_KEY + _packed_str(value)
+    if head == 0x8F:  # fixmap
+        count, body = 15, payload[1:]
     elif head == 0xDE:  # map 16
         count, body = int.from_bytes(payload[1:3], "big"), payload[3:]
     elif head == 0xDF:  # map 32
@@ -205,14 +220,12 @@ def stamp_payload(payload: bytes, value: str) -> bytes:
     else:
         raise ValueError(f"not an encoded message (msgpack map), first byte {head:#04x}")
     count += 1
-    if count <= 0x0F:
-        header = bytes((0x80 | count,))
-    elif count <= 0xFFFF:
-        header = b"\xde" + count.to_bytes(2, "big")
-    else:
-        header = b"\xdf" + count.to_bytes(4, "big")
-    packed: bytes = msgpack.packb(value)
-    return header + body + _PACKED_KEY + packed
+    header = (
+        b"\xde" + count.to_bytes(2, "big")
+        if count <= 0xFFFF
+        else b"\xdf" + count.to_bytes(4, "big")
+    )
+    return header + body + _PACKED_KEY + _packed_str(value)
 
 
 # Configuration -------------------------------------------------------------------------------

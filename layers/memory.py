@@ -26,7 +26,7 @@ import time
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
-from .base import BaseChannelLayer, HistoryConfig
+from .base import UNDECIDED, BaseChannelLayer, HistoryConfig
 from .exceptions import ChannelFull
 from .history import HistoryPolicy, HistoryResult, StreamPosition, select_history
 from .local import LocalChannels, LocalGroups, shareable, unpack
@@ -106,8 +106,12 @@ class InMemoryChannelLayer(BaseChannelLayer):
         self.require_valid_group_name(group)
         payload = self._codec.encode(message)
         now = time.monotonic()
-        if self.history:  # any history configured: this group's policy, decided once
-            payload = self._keep_in_history(group, payload, now)
+        if self.history:  # history configured: this group's policy, decided once (issue 13)
+            policy = self._history_policies.get(group, UNDECIDED)
+            if policy is UNDECIDED:
+                policy = self.history_policy(group)
+            if policy is not None:  # keep the message; members get it stamped
+                payload = self._histories.append(group, policy, payload, now)
         expires = now + self.expiry
         members = self._groups.members(group, now)
         item = shareable(payload, self._codec.decode, len(members))
@@ -124,13 +128,6 @@ class InMemoryChannelLayer(BaseChannelLayer):
         await self.flush()
 
     # History (issue 13) -------------------------------------------------------------------
-
-    def _keep_in_history(self, group: str, payload: bytes, now: float) -> bytes:
-        """For a history group: keep the message, return it stamped with its position."""
-        policy = self.history_policy(group)
-        if policy is None:
-            return payload
-        return self._histories.append(group, policy, payload, now)
 
     async def _read_history(
         self,

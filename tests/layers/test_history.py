@@ -107,6 +107,14 @@ def test_stamp_payload_adds_one_key_to_any_map(keys: int) -> None:
     assert without_position(decoded) == message
 
 
+@pytest.mark.parametrize("length", [1, 31, 32, 255, 256, 70_000])
+def test_stamp_payload_writes_strs_of_any_length_as_msgpack_does(length: int) -> None:
+    payload = msgpack.packb({"type": "t"})
+    value = "v" * length
+    stamped = stamp_payload(payload, value)
+    assert stamped == msgpack.packb({"type": "t", POSITION_KEY: value})
+
+
 def test_stamp_payload_overrides_a_key_already_there() -> None:
     payload = msgpack.packb({"type": "t", POSITION_KEY: "room:forged:1"})
     decoded = msgpack.unpackb(stamp_payload(payload, stamp("room", "E", 2)))
