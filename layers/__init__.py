@@ -17,9 +17,11 @@ from typing import TYPE_CHECKING, Any
 from .base import BaseChannelLayer
 from .exceptions import (
     ChannelFull,
+    HistoryNotEnabled,
     InvalidChannelName,
     InvalidGroupName,
     InvalidMessage,
+    InvalidPosition,
     LayerConfigError,
     LayerConnectionError,
     LayerError,
@@ -27,26 +29,33 @@ from .exceptions import (
     MessageTooLarge,
     UndecodableMessage,
 )
+from .history import POSITION_KEY, HistoryResult, StreamPosition, message_position
 from .memory import InMemoryChannelLayer
 
 if TYPE_CHECKING:
     from .settings import ChannelLayerManager
 
 __all__ = [
+    "POSITION_KEY",
     "BaseChannelLayer",
     "ChannelFull",
+    "HistoryNotEnabled",
+    "HistoryResult",
     "InMemoryChannelLayer",
     "InvalidChannelName",
     "InvalidGroupName",
     "InvalidMessage",
+    "InvalidPosition",
     "LayerConfigError",
     "LayerConnectionError",
     "LayerError",
     "MessageEncodeError",
     "MessageTooLarge",
+    "StreamPosition",
     "UndecodableMessage",
     "channel_layers",
     "get_channel_layer",
+    "message_position",
 ]
 
 

@@ -23,6 +23,13 @@ Semantics that every backend keeps (tested for each in ``tests/layers/test_contr
   :class:`InvalidChannelName` / :class:`InvalidGroupName` (``TypeError`` subclasses).
 * **Messages** are dicts with str keys and a str ``type``, encodable by msgpack and no larger
   than ``max_message_size`` once encoded; anything else raises before anything is sent.
+* **History** (backends listing ``"history"`` in ``extensions``): groups matching a pattern of
+  ``history`` (``{"chat_*": {"size": 500, "ttl": 3600}}``, matched as ``channel_capacity`` is)
+  keep their last messages; each copy carries its position under
+  :data:`~roomcast.layers.history.POSITION_KEY`, and ``group_history``/``group_position`` read
+  them back (see :mod:`roomcast.layers.history` and ``docs/history.md``). Whether a group has
+  history is decided once per group name and remembered: groups without it cost what they
+  cost without the option.
 """
 
 from __future__ import annotations
@@ -30,14 +37,21 @@ from __future__ import annotations
 import fnmatch
 import re
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeAlias, TypeVar
 
-from .exceptions import InvalidChannelName, InvalidGroupName, LayerConfigError
+from .exceptions import HistoryNotEnabled, InvalidChannelName, InvalidGroupName, LayerConfigError
+from .history import HistoryPolicy, HistoryResult, StreamPosition, check_limit, check_since
 from .serializers import DEFAULT_MAX_MESSAGE_SIZE
 
+V = TypeVar("V")
+HistoryConfig: TypeAlias = Mapping[str | re.Pattern[str], Mapping[str, Any]]
+"""``CONFIG["history"]``: group-name pattern -> ``{"size": N, "ttl": seconds}``."""
+
 MAX_NAME_LENGTH = 100
+HISTORY_CACHE = 65536  # group names whose history policy is remembered, at most
+UNDECIDED: Any = object()  # a group whose history policy is not yet in the cache
 CHANNEL_NAME_RE = re.compile(r"^[a-zA-Z\d\-_.]+(![\d\w\-_.]*)?$")
 GROUP_NAME_RE = re.compile(r"^[a-zA-Z\d\-_.]+$")
 
@@ -61,6 +75,44 @@ def _check_positive(name: str, value: Any, *, allow_float: bool = False) -> None
         raise LayerConfigError(f"{name} must be {kind}, got {value!r}")
 
 
+def compile_patterns(
+    option: str, table: Any, what: str, convert: Callable[[str, Any], V]
+) -> list[tuple[re.Pattern[str], V]]:
+    """A name-pattern option (``channel_capacity``, ``history``) as ``(regex, value)`` pairs.
+
+    Keys are globs (``"http.*"``) or compiled regexes, matched from the start of the name, first
+    match wins, as in Channels. ``convert(where, value)`` validates each value (``where`` names
+    it, e.g. ``history['chat_*']``) and returns what is kept.
+    """
+    if not isinstance(table, Mapping):
+        raise LayerConfigError(f"{option} must be a dict of pattern -> {what}")
+    compiled = []
+    for pattern, value in table.items():
+        kept = convert(f"{option}[{pattern!r}]", value)
+        if isinstance(pattern, re.Pattern):
+            compiled.append((pattern, kept))
+        elif isinstance(pattern, str):
+            compiled.append((re.compile(fnmatch.translate(pattern)), kept))
+        else:
+            raise LayerConfigError(
+                f"{option} keys must be glob strings or compiled regexes, got {pattern!r}"
+            )
+    return compiled
+
+
+def first_match(table: list[tuple[re.Pattern[str], V]], name: str) -> V | None:
+    """The value of the first pattern of ``table`` that matches ``name``, else None."""
+    for pattern, value in table:
+        if pattern.match(name):
+            return value
+    return None
+
+
+def _positive_int(where: str, value: Any) -> int:
+    _check_positive(where, value)
+    return int(value)
+
+
 def _describe(name: Any) -> str:
     text = repr(name)
     return text if len(text) <= 60 else text[:57] + "..."
@@ -80,6 +132,7 @@ class BaseChannelLayer:
         capacity: int = 100,
         channel_capacity: Mapping[str | re.Pattern[str], int] | None = None,
         max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+        history: HistoryConfig | None = None,
     ) -> None:
         _check_positive("expiry", expiry, allow_float=True)
         _check_positive("group_expiry", group_expiry, allow_float=True)
@@ -89,36 +142,86 @@ class BaseChannelLayer:
         self.group_expiry = float(group_expiry)
         self.capacity = capacity
         self.max_message_size = max_message_size
-        self.channel_capacity = self._compile_capacities(channel_capacity or {})
+        self.channel_capacity = compile_patterns(
+            "channel_capacity", channel_capacity or {}, "capacity", _positive_int
+        )
+        self.history = compile_patterns(
+            "history",
+            {} if history is None else history,
+            "{'size': N, 'ttl': seconds}",
+            HistoryPolicy.from_config,
+        )
+        self._history_policies: dict[str, HistoryPolicy | None] = {}
         self.counters = LayerCounters()
-
-    @staticmethod
-    def _compile_capacities(
-        channel_capacity: Mapping[str | re.Pattern[str], int],
-    ) -> list[tuple[re.Pattern[str], int]]:
-        """Globs (``"http.*"``) or compiled regexes, first match wins, as in Channels."""
-        if not isinstance(channel_capacity, Mapping):
-            raise LayerConfigError("channel_capacity must be a dict of pattern -> capacity")
-        compiled = []
-        for pattern, value in channel_capacity.items():
-            _check_positive(f"channel_capacity[{pattern!r}]", value)
-            if isinstance(pattern, re.Pattern):
-                compiled.append((pattern, value))
-            elif isinstance(pattern, str):
-                compiled.append((re.compile(fnmatch.translate(pattern)), value))
-            else:
-                raise LayerConfigError(
-                    f"channel_capacity keys must be glob strings or compiled regexes, "
-                    f"got {pattern!r}"
-                )
-        return compiled
 
     def get_capacity(self, channel: str) -> int:
         """The capacity of ``channel``: the first matching pattern's, else ``capacity``."""
-        for pattern, value in self.channel_capacity:
-            if pattern.match(channel):
-                return value
-        return self.capacity
+        capacity = first_match(self.channel_capacity, channel)
+        return self.capacity if capacity is None else capacity
+
+    # History (issue 13) -------------------------------------------------------------------
+
+    def history_policy(self, group: str) -> HistoryPolicy | None:
+        """What ``group`` keeps: the first matching ``history`` pattern's policy, else None.
+
+        Worked out once per group name and remembered (a bounded cache), so ``group_send``
+        pays one dict lookup for it, and nothing at all when ``history`` is empty.
+        """
+        policies = self._history_policies
+        try:
+            return policies[group]
+        except KeyError:
+            pass
+        policy = first_match(self.history, group)
+        if len(policies) >= HISTORY_CACHE:
+            policies.clear()
+        policies[group] = policy
+        return policy
+
+    def _require_history(self, group: str) -> HistoryPolicy:
+        self.require_valid_group_name(group)
+        policy = self.history_policy(group)
+        if policy is None:
+            raise HistoryNotEnabled(
+                f"group {group!r} keeps no history: no pattern of the layer's "
+                f"CONFIG['history'] matches it"
+            )
+        return policy
+
+    async def group_history(
+        self, group: str, since: StreamPosition | None = None, limit: int | None = None
+    ) -> HistoryResult:
+        """The messages of ``group`` after ``since``, its current position, and whether the
+        answer is complete (see :class:`~roomcast.layers.history.HistoryResult` and
+        :func:`~roomcast.layers.history.select_history` for the exact rules).
+
+        ``limit`` (None: no limit) keeps the newest ``limit`` of them. Raises
+        :class:`HistoryNotEnabled` for a group without history, :class:`InvalidPosition` for a
+        ``since`` that is not a :class:`StreamPosition`.
+        """
+        policy = self._require_history(group)
+        return await self._read_history(group, policy, check_since(since), check_limit(limit))
+
+    async def group_position(self, group: str) -> StreamPosition:
+        """The current position of ``group``: that of its last message (offset 0 before any).
+
+        Raises :class:`HistoryNotEnabled` for a group without history.
+        """
+        return await self._history_position(group, self._require_history(group))
+
+    async def _read_history(
+        self,
+        group: str,
+        policy: HistoryPolicy,
+        since: StreamPosition | None,
+        limit: int | None,
+    ) -> HistoryResult:
+        """Filled in by backends that keep history (arguments already checked)."""
+        raise NotImplementedError
+
+    async def _history_position(self, group: str, policy: HistoryPolicy) -> StreamPosition:
+        """Filled in by backends that keep history (arguments already checked)."""
+        raise NotImplementedError
 
     # Name rules -------------------------------------------------------------------------
 

@@ -55,3 +55,11 @@ class LayerConfigError(LayerError, InvalidChannelLayerError):
 
 class LayerConnectionError(LayerError, ConnectionError):
     """The layer could not reach its broker; the operation did not take effect."""
+
+
+class HistoryNotEnabled(LayerError, LookupError):
+    """``group_history``/``group_position`` on a group no ``CONFIG["history"]`` pattern matches."""
+
+
+class InvalidPosition(LayerError, ValueError):
+    """A stream position that is malformed: wrong type, epoch or offset (forged or corrupt)."""

@@ -18,6 +18,12 @@ undelivered messages to them (:class:`BufferedMessages`, read like Channels' que
 ``qsize()``, ``empty()``, ``full()``, ``maxsize``). Both are read-only views computed on each
 access (a lapsed membership or an expired message is not shown); change the layer through its
 methods (Channels' own tests ``del`` entries; that is refused here with ``TypeError``).
+
+History (``CONFIG["history"]``, see :mod:`roomcast.layers.history`): a history group's last
+messages are kept here (:mod:`roomcast.layers.memory_history`), already stamped with their
+position, so a member and ``group_history`` see the very same bytes. Epochs are random per
+group record, so a new process (or a ``flush()``) starts new epochs and old positions resume
+with ``recovered=False``.
 """
 
 from __future__ import annotations
@@ -26,11 +32,13 @@ import re
 import secrets
 import time
 from collections.abc import Iterator, Mapping
-from typing import Any
+from typing import Any, ClassVar
 
-from .base import BaseChannelLayer
+from .base import UNDECIDED, BaseChannelLayer, HistoryConfig
 from .exceptions import ChannelFull
+from .history import HistoryPolicy, HistoryResult, StreamPosition, select_history
 from .local import LocalChannels, LocalGroups, shareable, unpack
+from .memory_history import MemoryHistories
 from .serializers import DEFAULT_MAX_MESSAGE_SIZE, MessageCodec
 
 RECEIVABLE_CACHE = 65536  # channel names whose check receive() remembers, at most
@@ -125,6 +133,8 @@ class _GroupsView(Mapping[str, dict[str, float]]):
 class InMemoryChannelLayer(BaseChannelLayer):
     """A channel layer inside one process. ``CONFIG`` takes the options of the base class."""
 
+    extensions: ClassVar[list[str]] = ["groups", "flush", "history"]
+
     def __init__(
         self,
         *,
@@ -133,6 +143,7 @@ class InMemoryChannelLayer(BaseChannelLayer):
         capacity: int = 100,
         channel_capacity: Mapping[str | re.Pattern[str], int] | None = None,
         max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+        history: HistoryConfig | None = None,
     ) -> None:
         super().__init__(
             expiry=expiry,
@@ -140,11 +151,13 @@ class InMemoryChannelLayer(BaseChannelLayer):
             capacity=capacity,
             channel_capacity=channel_capacity,
             max_message_size=max_message_size,
+            history=history,
         )
         self._codec = MessageCodec(max_message_size=max_message_size)
         self._channels = LocalChannels(self.get_capacity, self.counters)
         self._groups = LocalGroups(self.group_expiry)
         self._receivable: set[str] = set()  # names receive() has checked (a bounded cache)
+        self._histories = MemoryHistories(self.group_expiry)
 
     @property
     def channels(self) -> Mapping[str, BufferedMessages]:
@@ -197,6 +210,12 @@ class InMemoryChannelLayer(BaseChannelLayer):
         self.require_valid_group_name(group)
         payload = self._codec.encode(message)
         now = time.monotonic()
+        if self.history:  # history configured: this group's policy, decided once (issue 13)
+            policy = self._history_policies.get(group, UNDECIDED)
+            if policy is UNDECIDED:
+                policy = self.history_policy(group)
+            if policy is not None:  # keep the message; members get it stamped
+                payload = self._histories.append(group, policy, payload, now)
         expires = now + self.expiry
         members = self._groups.members(group, now)
         item = shareable(payload, self._codec.decode, len(members))
@@ -207,6 +226,24 @@ class InMemoryChannelLayer(BaseChannelLayer):
     async def flush(self) -> None:
         self._channels.clear()
         self._groups.clear()
+        self._histories.clear()
 
     async def close(self) -> None:
         await self.flush()
+
+    # History (issue 13) -------------------------------------------------------------------
+
+    async def _read_history(
+        self,
+        group: str,
+        policy: HistoryPolicy,
+        since: StreamPosition | None,
+        limit: int | None,
+    ) -> HistoryResult:
+        position, entries = self._histories.read(group, policy, time.monotonic())
+        chosen, recovered = select_history(entries, position, since, limit)
+        messages = [self._codec.decode(payload) for payload in chosen]
+        return HistoryResult(messages, position, recovered)
+
+    async def _history_position(self, group: str, policy: HistoryPolicy) -> StreamPosition:
+        return self._histories.position(group, policy, time.monotonic())

@@ -1,19 +1,34 @@
-"""Settings of the chat example: which channel layer the rooms live on.
+"""Settings of the chat example: which channel layer the rooms live on, and their history.
 
 In memory by default (one process). Point ``ROOMCAST_LAYER_URL`` at Redis
 (``redis://127.0.0.1:6379/0``) and several gateway processes share the rooms.
+
+Rooms keep their last ``CHAT_HISTORY_SIZE`` messages (default 500) for ``CHAT_HISTORY_TTL``
+seconds (default 3600), so a page that reconnects gets what it missed. In memory the history
+lives as long as the process; the Redis layer keeps history once the Redis half of issue 13
+lands (until then a Redis-backed chat has rooms without history: pages reconnect without
+resuming, as before).
 """
 
 from __future__ import annotations
 
 import os
 
-from roomcast.layers.settings import layer_config_from_url
+from roomcast.layers.settings import MEMORY_BACKEND, layer_config_from_url
 
 CHANNEL_LAYERS = layer_config_from_url(os.environ.get("ROOMCAST_LAYER_URL") or "memory://")
 # A busy room bursts: each member's channel must hold a burst while its consumer writes it out
 # (the layer drops, and counts, what does not fit). The URL's own ?capacity= wins.
 CHANNEL_LAYERS["default"].setdefault("CONFIG", {}).setdefault("capacity", 1000)
+
+ROOM_HISTORY = {
+    "chat_*": {
+        "size": int(os.environ.get("CHAT_HISTORY_SIZE") or 500),
+        "ttl": float(os.environ.get("CHAT_HISTORY_TTL") or 3600),
+    }
+}
+if CHANNEL_LAYERS["default"]["BACKEND"] == MEMORY_BACKEND:  # Redis: issue 13's second half
+    CHANNEL_LAYERS["default"]["CONFIG"].setdefault("history", ROOM_HISTORY)
 
 # Origins allowed to open the chat's WebSocket (the page itself is served from these hosts).
 ALLOWED_HOSTS = [

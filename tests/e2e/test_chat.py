@@ -3,13 +3,22 @@
 On the in-memory layer one gateway serves the page and the rooms (the README's first command);
 on the Redis layer two gateway processes share rooms through a real redis-server, as the
 horizontally scaled deployment does.
+
+Resuming (issue 13): rooms keep history, and a client that comes back with
+``?since=<epoch>:<offset>`` gets what it missed, then the live room, with no gap and no
+duplicate even while the room keeps talking during the replay; a position older than the
+history, forged or from before a restart gets ``recovered: false`` and the current history;
+a malformed one is closed with 1008.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import signal
 from collections.abc import Iterator
+from typing import Any
+from urllib.parse import quote
 
 import httpx
 import pytest
@@ -28,9 +37,11 @@ def start_gateway(port: int, env: dict[str, str] | None = None) -> GatewayProces
     return gateway
 
 
-def join(port: int, room: str) -> websockets.asyncio.client.connect:
+def join(port: int, room: str, since: str | None = None) -> websockets.asyncio.client.connect:
+    """A client of ``room``; with ``since`` (a position, or "" for none yet) it resumes."""
+    query = "" if since is None else f"?since={quote(since)}"
     return websockets.connect(
-        f"ws://127.0.0.1:{port}/ws/chat/{room}/", origin=f"http://127.0.0.1:{port}"
+        f"ws://127.0.0.1:{port}/ws/chat/{room}/{query}", origin=f"http://127.0.0.1:{port}"
     )
 
 
@@ -41,6 +52,30 @@ async def say(client: ClientConnection, text: str) -> None:
 async def heard(client: ClientConnection) -> str:
     message: str = json.loads(await asyncio.wait_for(client.recv(), 5))["message"]
     return message
+
+
+async def frame(client: ClientConnection) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads(await asyncio.wait_for(client.recv(), 10))
+    return data
+
+
+async def report(client: ClientConnection) -> dict[str, Any]:
+    """The resume report, the first frame a resuming client gets."""
+    data = await frame(client)
+    assert data["type"] == "resume", data
+    return data
+
+
+async def hear_until(client: ClientConnection, last: str) -> list[dict[str, Any]]:
+    """Every message frame up to and including the one saying ``last``."""
+    frames: list[dict[str, Any]] = []
+    while not frames or frames[-1].get("message") != last:
+        frames.append(await frame(client))
+    return frames
+
+
+def offsets(frames: list[dict[str, Any]]) -> list[int]:
+    return [int(f["position"].rpartition(":")[2]) for f in frames]
 
 
 @pytest.fixture
@@ -98,3 +133,118 @@ async def test_two_gateways_share_rooms_through_redis(own_redis_server: RedisSer
             assert [await heard(alice) for _ in range(20)] == expected
             # Bob hears himself too (and reads it all, so his close handshake is prompt).
             assert [await heard(bob) for _ in range(20)] == expected
+
+
+# Resuming (issue 13) ---------------------------------------------------------------------------
+
+
+async def test_a_client_away_for_30_messages_resumes_with_all_then_live(
+    memory_gateway: int,
+) -> None:
+    port = memory_gateway
+    async with join(port, "resume") as bob:
+        async with join(port, "resume", since="") as alice:
+            first = await report(alice)
+            assert (first["recovered"], first["replayed"]) == (True, 0)
+            for n in range(3):
+                await say(bob, f"m{n}")
+            seen = await hear_until(alice, "m2")
+        for n in range(3, 33):  # 30 messages while Alice is away
+            await say(bob, f"m{n}")
+        assert [await heard(bob) for _ in range(33)][-1] == "m32"  # all sent and kept
+
+        async def keep_talking() -> None:  # the room goes on while Alice resumes
+            for n in range(33, 63):
+                await say(bob, f"m{n}")
+                await asyncio.sleep(0.002)
+
+        talking = asyncio.create_task(keep_talking())
+        async with join(port, "resume", since=seen[-1]["position"]) as alice:
+            resumed = await report(alice)
+            assert resumed["recovered"] is True
+            assert resumed["replayed"] >= 30
+            frames = await hear_until(alice, "m62")
+            await talking
+        texts = [f["message"] for f in frames]
+        assert texts == [f"m{n}" for n in range(3, 63)]  # no gap, no duplicate, in order
+        assert offsets(frames) == list(range(offsets(seen)[-1] + 1, offsets(seen)[-1] + 61))
+
+
+async def test_a_position_older_than_the_history_gets_the_current_history() -> None:
+    port = free_port()
+    with start_gateway(port, env={"ROOMCAST_LAYER_URL": "", "CHAT_HISTORY_SIZE": "20"}):
+        async with join(port, "small", since="") as alice:
+            old = (await report(alice))["position"]
+        async with join(port, "small") as bob:
+            for n in range(30):
+                await say(bob, f"m{n}")
+            assert [await heard(bob) for _ in range(30)][-1] == "m29"
+            async with join(port, "small", since=old) as alice:
+                resumed = await report(alice)
+                assert (resumed["recovered"], resumed["replayed"]) == (False, 20)
+                replayed = [await heard(alice) for _ in range(20)]
+                assert replayed == [f"m{n}" for n in range(10, 30)]
+                await say(bob, "live")
+                assert await heard(alice) == "live"
+
+
+@pytest.mark.parametrize(
+    ("since", "says"),
+    [("garbage", "'<epoch>:<offset>'"), ("e:-1", "decimal offset"), ("é:1", "epoch must be")],
+)
+async def test_a_malformed_position_is_closed_1008(
+    memory_gateway: int, since: str, says: str
+) -> None:
+    async with join(memory_gateway, "lobby", since=since) as client:
+        with pytest.raises(websockets.ConnectionClosedError) as closed:
+            await asyncio.wait_for(client.recv(), 5)
+    assert closed.value.rcvd is not None
+    assert closed.value.rcvd.code == 1008
+    assert closed.value.rcvd.reason.startswith("invalid position: ")
+    assert says in closed.value.rcvd.reason
+
+
+async def test_a_forged_position_gets_only_its_own_rooms_history(memory_gateway: int) -> None:
+    port = memory_gateway
+    async with join(port, "secret") as insider:
+        await say(insider, "for insiders only")
+        assert await heard(insider) == "for insiders only"
+    async with join(port, "secret", since="") as probe:
+        secret_epoch = (await report(probe))["position"].partition(":")[0]
+    async with join(port, "public") as anyone:
+        await say(anyone, "hello public")
+        assert await heard(anyone) == "hello public"
+    async with join(port, "public", since=f"{secret_epoch}:1") as forger:
+        resumed = await report(forger)
+        assert (resumed["recovered"], resumed["replayed"]) == (False, 1)
+        assert await heard(forger) == "hello public"
+        async with join(port, "public") as anyone:
+            await say(anyone, "after")
+            assert await heard(forger) == "after"
+
+
+async def test_a_restart_on_the_in_memory_layer_is_told_not_recovered() -> None:
+    """SIGTERM closes the rooms with 1012/1001; the new process has new epochs and only what
+    was said since it started, which it replays with ``recovered: false``."""
+    port = free_port()
+    env = {"ROOMCAST_LAYER_URL": ""}
+    with start_gateway(port, env) as gateway:
+        async with join(port, "restart", since="") as alice:
+            await report(alice)
+            await say(alice, "before")
+            position = (await frame(alice))["position"]
+            gateway.signal(signal.SIGTERM)
+            with pytest.raises(websockets.ConnectionClosed) as closed:
+                await asyncio.wait_for(alice.recv(), 15)
+            assert closed.value.rcvd is not None
+            assert closed.value.rcvd.code in (1001, 1012)
+        assert gateway.wait(15) == 0
+    with start_gateway(port, env):
+        async with join(port, "restart") as bob:
+            await say(bob, "after the restart")
+            assert await heard(bob) == "after the restart"
+            async with join(port, "restart", since=position) as alice:
+                resumed = await report(alice)
+                assert resumed["position"].partition(":")[0] != position.partition(":")[0]
+                assert (resumed["recovered"], resumed["replayed"]) == (False, 1)
+                assert await heard(alice) == "after the restart"

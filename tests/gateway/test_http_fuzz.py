@@ -14,9 +14,10 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from roomcast.gateway.config import Config, Receive, Scope, Send
+from roomcast.gateway.connections.http2 import PREFACE as H2_PREFACE
 
 from tests.gateway.threaded_server import ThreadedServer
 
@@ -25,6 +26,7 @@ from .rawhttp import chunked, feed_connection, request
 pytestmark = pytest.mark.timeout(120)
 
 READ_TIMEOUT = 5.0
+FRAME_SETTINGS = 0x4  # RFC 9113 §6.5: the first frame a server sends
 
 
 async def token_app(scope: Scope, receive: Receive, send: Send) -> None:
@@ -195,6 +197,8 @@ ANY_INPUT = st.one_of(st.binary(max_size=512), mutated_request(), request_like()
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 @given(data=ANY_INPUT)
+@example(data=H2_PREFACE)  # found by hypothesis: h2c by prior knowledge answers with frames
+@example(data=H2_PREFACE + b"\x00\x00\x00garbage")
 def test_any_bytes_get_a_response_or_a_clean_close(fuzz_server: FuzzServer, data: bytes) -> None:
     token = uuid.uuid4().hex
     good_request = request("GET", f"/good/{token}", [("Connection", "close")])
@@ -213,7 +217,10 @@ def test_any_bytes_get_a_response_or_a_clean_close(fuzz_server: FuzzServer, data
         fuzzed.close()
         good.close()
 
-    assert answer == b"" or answer.startswith(b"HTTP/1.1 "), answer[:200]
+    if data.startswith(H2_PREFACE):  # h2c by prior knowledge: HTTP/2 frames, then GOAWAY
+        assert answer == b"" or answer[3] == FRAME_SETTINGS, answer[:200]
+    else:
+        assert answer == b"" or answer.startswith(b"HTTP/1.1 "), answer[:200]
     assert token.encode() not in answer  # never another connection's data
     assert good_answer.startswith(b"HTTP/1.1 200 "), good_answer[:200]
     assert good_answer.endswith(b"path=/good/" + token.encode() + b" size=0")

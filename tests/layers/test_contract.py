@@ -18,17 +18,23 @@ import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
+import msgpack
 import pytest
 from roomcast.layers.base import CHANNEL_NAME_RE
 from roomcast.layers.exceptions import (
     ChannelFull,
+    HistoryNotEnabled,
     InvalidChannelName,
     InvalidGroupName,
     InvalidMessage,
+    InvalidPosition,
     LayerConfigError,
     MessageEncodeError,
     MessageTooLarge,
 )
+from roomcast.layers.history import POSITION_KEY, StreamPosition, message_position
+
+from tests.history_support import skip_unless_history
 
 # A receive that should succeed gets this long; a bug then fails the test instead of hanging.
 TIMEOUT = 2.0
@@ -823,3 +829,272 @@ async def test_memory_channels_expiry_is_wall_clock() -> None:
     [(expires, message)] = layer.channels["c"]
     assert message == {"type": "m"}
     assert before + 59 <= expires <= time.time() + 61
+
+
+# History (issue 13) ---------------------------------------------------------------------------
+#
+# Written for every backend; skipped where the backend keeps no history yet, from the one place
+# tests/history_support.py says so.
+
+ROOM_HISTORY = {"room*": {"size": 50}}
+
+
+@pytest.fixture
+def history_factory(layer_factory: Factory, request: pytest.FixtureRequest) -> Factory:
+    """``layer_factory`` for the history tests of a backend that keeps history."""
+    skip_unless_history(request.node.callspec.params["layer_factory"])
+    return layer_factory
+
+
+async def history_layer(factory: Factory, **options: Any) -> Any:
+    options.setdefault("history", ROOM_HISTORY)
+    return await factory(**options)
+
+
+def seq(message: dict[str, Any]) -> int:
+    return int(message["n"])
+
+
+def offset_of(message: dict[str, Any]) -> int:
+    stamped = message_position(message)
+    assert stamped is not None, message
+    return stamped.position.offset
+
+
+async def send_seq(layer: Any, group: str, numbers: range) -> None:
+    for n in numbers:
+        await layer.group_send(group, {"type": "test.seq", "n": n})
+
+
+async def test_history_stamps_every_copy_with_one_position(
+    history_factory: Factory, kind: str
+) -> None:
+    layer = await history_layer(history_factory)
+    a = await make_channel(layer, kind, "worker.a")
+    b = await make_channel(layer, kind, "worker.b")
+    await layer.group_add("room", a)
+    await layer.group_add("room", b)
+    start = await layer.group_position("room")
+    assert start.offset == 0
+    await send_seq(layer, "room", range(5))
+    for channel in (a, b):
+        copies = [await recv(layer, channel) for _ in range(5)]
+        assert [seq(m) for m in copies] == list(range(5))
+        stamps = [message_position(m) for m in copies]
+        assert {s.group for s in stamps if s} == {"room"}
+        assert [s.position for s in stamps if s] == [
+            StreamPosition(start.epoch, n) for n in range(1, 6)
+        ]
+        assert all(isinstance(m[POSITION_KEY], str) for m in copies)
+    assert await layer.group_position("room") == StreamPosition(start.epoch, 5)
+
+
+async def test_history_answers_what_came_after_since(history_factory: Factory) -> None:
+    layer = await history_layer(history_factory)
+    member = await layer.new_channel("member")
+    await layer.group_add("room", member)
+    await send_seq(layer, "room", range(5))
+    live = [await recv(layer, member) for _ in range(5)]
+    position = await layer.group_position("room")
+    result = await layer.group_history("room", since=StreamPosition(position.epoch, 2))
+    assert result.recovered is True
+    assert result.position == position
+    assert result.messages == live[2:]  # the same copies, positions included
+    everything = await layer.group_history("room")
+    assert everything.recovered is True  # since None: the whole epoch, nothing trimmed
+    assert everything.messages == live
+    caught_up = await layer.group_history("room", since=position)
+    assert caught_up.messages == []
+    assert caught_up.recovered is True
+
+
+async def test_history_of_a_group_without_members_is_kept(history_factory: Factory) -> None:
+    layer = await history_layer(history_factory)
+    await send_seq(layer, "room-empty", range(3))
+    result = await layer.group_history("room-empty")
+    assert [seq(m) for m in result.messages] == [0, 1, 2]
+    assert result.position.offset == 3
+
+
+async def test_history_groups_count_apart(history_factory: Factory) -> None:
+    layer = await history_layer(history_factory)
+    for n in range(4):
+        await layer.group_send("room-a", {"type": "test.seq", "n": n})
+        if n % 2:
+            await layer.group_send("room-b", {"type": "test.seq", "n": n})
+    a = await layer.group_history("room-a")
+    b = await layer.group_history("room-b")
+    assert [offset_of(m) for m in a.messages] == [1, 2, 3, 4]
+    assert [offset_of(m) for m in b.messages] == [1, 2]
+    assert [seq(m) for m in b.messages] == [1, 3]
+    assert {message_position(m).group for m in b.messages} == {"room-b"}  # type: ignore[union-attr]
+
+
+async def test_history_size_trims_the_oldest(history_factory: Factory) -> None:
+    layer = await history_layer(history_factory, history={"room": {"size": 3}})
+    await send_seq(layer, "room", range(5))
+    epoch = (await layer.group_position("room")).epoch
+    retained = await layer.group_history("room")
+    assert [offset_of(m) for m in retained.messages] == [3, 4, 5]
+    assert retained.recovered is False  # offsets 1 and 2 are gone
+    lost = await layer.group_history("room", since=StreamPosition(epoch, 1))
+    assert [offset_of(m) for m in lost.messages] == [3, 4, 5]
+    assert lost.recovered is False  # offset 2 was trimmed
+    whole = await layer.group_history("room", since=StreamPosition(epoch, 2))
+    assert [offset_of(m) for m in whole.messages] == [3, 4, 5]
+    assert whole.recovered is True
+
+
+async def test_history_ttl_trims_old_messages(history_factory: Factory) -> None:
+    layer = await history_layer(history_factory, history={"room": {"size": 10, "ttl": 1.5}})
+    await layer.group_send("room", {"type": "test.seq", "n": 0})
+    await asyncio.sleep(2.0)  # past the first message's ttl
+    await layer.group_send("room", {"type": "test.seq", "n": 1})
+    result = await layer.group_history("room")
+    assert [seq(m) for m in result.messages] == [1]
+    assert result.position.offset == 2  # the position outlives the message
+    since_first = await layer.group_history("room", since=StreamPosition(result.position.epoch, 1))
+    assert since_first.recovered is True
+    assert [seq(m) for m in since_first.messages] == [1]
+    since_start = await layer.group_history("room", since=StreamPosition(result.position.epoch, 0))
+    assert since_start.recovered is False
+
+
+async def test_history_limit_keeps_the_newest(history_factory: Factory) -> None:
+    layer = await history_layer(history_factory)
+    await send_seq(layer, "room", range(10))
+    epoch = (await layer.group_position("room")).epoch
+    since = StreamPosition(epoch, 4)
+    cut = await layer.group_history("room", since=since, limit=3)
+    assert [offset_of(m) for m in cut.messages] == [8, 9, 10]
+    assert cut.recovered is False  # 5, 6 and 7 are not in the answer
+    exact = await layer.group_history("room", since=since, limit=6)
+    assert [offset_of(m) for m in exact.messages] == [5, 6, 7, 8, 9, 10]
+    assert exact.recovered is True
+    probe = await layer.group_history("room", since=since, limit=0)
+    assert probe.messages == []
+    assert probe.recovered is False  # six messages came after since
+    assert (await layer.group_history("room", since=cut.position, limit=0)).recovered is True
+
+
+@pytest.mark.parametrize("forged", ["other-epoch", "ahead"])
+async def test_history_position_it_never_gave(history_factory: Factory, forged: str) -> None:
+    layer = await history_layer(history_factory)
+    await send_seq(layer, "room", range(3))
+    await send_seq(layer, "roomx", range(100, 103))
+    current = await layer.group_position("room")
+    since = (
+        StreamPosition("not-this-epoch", 1)
+        if forged == "other-epoch"
+        else StreamPosition(current.epoch, current.offset + 10)
+    )
+    result = await layer.group_history("room", since=since)
+    assert result.recovered is False
+    assert [seq(m) for m in result.messages] == [0, 1, 2]  # this group's, never another's
+    assert result.position == current
+
+
+async def test_group_without_history_is_unchanged(history_factory: Factory, kind: str) -> None:
+    layer = await history_layer(history_factory)
+    assert layer.history_policy("plain-group") is None
+    channel = await make_channel(layer, kind)
+    await layer.group_add("plain-group", channel)
+    message = {"type": "test.plain", "n": 1}
+    await layer.group_send("plain-group", message)
+    assert await recv(layer, channel) == message  # no position key
+    with pytest.raises(HistoryNotEnabled, match="'plain-group'") as info:
+        await layer.group_history("plain-group")
+    assert "CONFIG['history']" in str(info.value)
+    assert isinstance(info.value, LookupError)
+    with pytest.raises(HistoryNotEnabled):
+        await layer.group_position("plain-group")
+
+
+async def test_history_patterns_match_like_channel_capacity(history_factory: Factory) -> None:
+    layer = await history_factory(
+        history={re.compile(r"^live\."): {"size": 2}, "live*": {"size": 9}, "chat_*": {"size": 4}}
+    )
+    assert layer.history_policy("live.scores").size == 2  # first match wins
+    assert layer.history_policy("lively").size == 9
+    assert layer.history_policy("chat_lobby").size == 4
+    assert layer.history_policy("xchat_lobby") is None  # globs match the whole name
+
+
+async def test_history_overrides_the_reserved_key(history_factory: Factory) -> None:
+    layer = await history_layer(history_factory)
+    member = await layer.new_channel("member")
+    await layer.group_add("room", member)
+    await layer.group_send("room", {"type": "test.forged", POSITION_KEY: "room:forged:999"})
+    received = await recv(layer, member)
+    stamped = message_position(received)
+    assert stamped is not None
+    assert stamped.position.offset == 1
+    assert stamped.position.epoch != "forged"
+
+
+async def test_history_survives_nothing_of_a_flush(history_factory: Factory) -> None:
+    layer = await history_layer(history_factory)
+    await send_seq(layer, "room", range(3))
+    before = await layer.group_position("room")
+    await layer.flush()
+    after = await layer.group_position("room")
+    assert after.epoch != before.epoch
+    assert after.offset == 0
+    result = await layer.group_history("room", since=before)
+    assert (result.messages, result.recovered) == ([], False)
+
+
+async def test_history_message_limit_is_the_plain_one(history_factory: Factory) -> None:
+    """The position is not counted against max_message_size: history groups take exactly the
+    messages plain groups take, and a refused message takes no offset."""
+    layer = await history_layer(history_factory, max_message_size=1000)
+    member = await layer.new_channel("member")
+    await layer.group_add("room", member)
+    await layer.group_add("plain", member)
+    overhead = len(msgpack.packb({"type": "t", "data": "x" * 900})) - 900
+    largest = {"type": "t", "data": "x" * (1000 - overhead)}  # exactly 1000 bytes encoded
+    await layer.group_send("plain", largest)
+    await layer.group_send("room", largest)
+    assert (await recv(layer, member))["data"] == largest["data"]
+    assert (await recv(layer, member))["data"] == largest["data"]
+    with pytest.raises(MessageTooLarge):
+        await layer.group_send("room", {"type": "t", "data": largest["data"] + "x"})
+    assert (await layer.group_position("room")).offset == 1
+
+
+BAD_HISTORY = [
+    pytest.param({"room": {"size": 0}}, "history['room']['size']", id="size-0"),
+    pytest.param({"room": {"size": 10_001}}, "from 1 to 10000", id="size-over-limit"),
+    pytest.param({"room": {"size": 2.5}}, "history['room']['size']", id="size-float"),
+    pytest.param({"room": {"size": True}}, "history['room']['size']", id="size-bool"),
+    pytest.param({"room": {"ttl": 5}}, "'size' is required", id="size-missing"),
+    pytest.param({"room": {"size": 5, "ttl": 0}}, "history['room']['ttl']", id="ttl-0"),
+    pytest.param({"room": {"size": 5, "ttl": -1}}, "history['room']['ttl']", id="ttl-negative"),
+    pytest.param({"room": {"size": 5, "ttl": 1e9}}, "at most 2.592e+06", id="ttl-over-limit"),
+    pytest.param({"room": {"size": 5, "ttl": "60"}}, "history['room']['ttl']", id="ttl-str"),
+    pytest.param({"room": {"size": 5, "tll": 60}}, "unknown key 'tll'", id="unknown-key"),
+    pytest.param({"room": 100}, "history['room'] must be a dict", id="not-a-dict"),
+    pytest.param({1: {"size": 5}}, "history keys must be glob strings", id="int-pattern"),
+    pytest.param([("room", {"size": 5})], "history must be a dict", id="list"),
+]
+
+
+@pytest.mark.parametrize(("history", "says"), BAD_HISTORY)
+async def test_history_config_errors(history_factory: Factory, history: Any, says: str) -> None:
+    with pytest.raises(LayerConfigError, match=re.escape(says)) as info:
+        await history_factory(history=history)
+    assert isinstance(info.value, ValueError)
+
+
+async def test_group_history_argument_errors(history_factory: Factory) -> None:
+    layer = await history_layer(history_factory)
+    with pytest.raises(InvalidPosition, match=r"StreamPosition\.parse"):
+        await layer.group_history("room", since="epoch:1")
+    with pytest.raises(ValueError, match="limit must be 0 or more"):
+        await layer.group_history("room", limit=-1)
+    with pytest.raises(TypeError, match="limit must be an int"):
+        await layer.group_history("room", limit="3")
+    with pytest.raises(InvalidGroupName):
+        await layer.group_history("no spaces")
+    with pytest.raises(InvalidGroupName):
+        await layer.group_position("x" * 200)
