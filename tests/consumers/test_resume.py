@@ -294,7 +294,7 @@ async def test_a_group_without_history_is_joined_plainly(layer: RacingLayer) -> 
 async def test_layer_down_closes_1013_with_one_log_line(caplog: pytest.LogCaptureFixture) -> None:
     from roomcast.layers.redis import RedisChannelLayer
 
-    down = RedisChannelLayer(hosts=[f"redis://127.0.0.1:{free_port()}/0"])
+    down = RedisChannelLayer(hosts=[f"redis://127.0.0.1:{free_port()}/0"], retry_timeout=0.5)
     channel_layers.set("default", down)
     try:
         with caplog.at_level(logging.WARNING, "roomcast.consumers"):
