@@ -129,6 +129,7 @@ class AsyncWebsocketConsumer(_GroupMembership):
     async def accept(self, subprotocol: str | None = None, headers: Headers | None = None) -> None:
         """Accept the connection, with a subprotocol and extra response headers if given."""
         await super().send(_accept_message(subprotocol, headers))
+        self._metrics.websocket_accepted(self)
 
     async def websocket_receive(self, message: Message) -> None:
         """A frame from the client: passed to ``receive()``."""
@@ -153,10 +154,12 @@ class AsyncWebsocketConsumer(_GroupMembership):
 
     async def close(self, code: int | bool | None = None, reason: str | None = None) -> None:
         """Close the connection (before accepting: refuse it, an HTTP 403)."""
+        self._metrics.websocket_closing(self)
         await super().send(_close_message(code, reason))
 
     async def websocket_disconnect(self, message: Message) -> None:
         """The connection closed: leave ``groups``, run ``disconnect(code)``, stop."""
+        self._metrics.websocket_disconnected(self, message.get("code", 1005))
         await self._leave_groups()
         await self.disconnect(message.get("code", 1005))
         raise StopConsumer()
@@ -230,6 +233,7 @@ class WebsocketConsumer(_GroupMembership, SyncConsumer):
     def accept(self, subprotocol: str | None = None, headers: Headers | None = None) -> None:
         """Accept the connection, with a subprotocol and extra response headers if given."""
         super().send(_accept_message(subprotocol, headers))
+        self._metrics.websocket_accepted(self)
 
     def websocket_receive(self, message: Message) -> None:
         """A frame from the client: passed to ``receive()``."""
@@ -254,10 +258,12 @@ class WebsocketConsumer(_GroupMembership, SyncConsumer):
 
     def close(self, code: int | bool | None = None, reason: str | None = None) -> None:
         """Close the connection (before accepting: refuse it, an HTTP 403)."""
+        self._metrics.websocket_closing(self)
         super().send(_close_message(code, reason))
 
     def websocket_disconnect(self, message: Message) -> None:
         """The connection closed: leave ``groups``, run ``disconnect(code)``, stop."""
+        self._metrics.websocket_disconnected(self, message.get("code", 1005))
         async_to_sync(self._leave_groups)()
         self.disconnect(message.get("code", 1005))
         raise StopConsumer()

@@ -34,7 +34,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from roomcast import metrics
+
 from .exceptions import InvalidChannelName, InvalidGroupName, LayerConfigError
+from .metrics import LayerMetrics
 from .serializers import DEFAULT_MAX_MESSAGE_SIZE
 
 MAX_NAME_LENGTH = 100
@@ -91,6 +94,7 @@ class BaseChannelLayer:
         self.max_message_size = max_message_size
         self.channel_capacity = self._compile_capacities(channel_capacity or {})
         self.counters = LayerCounters()
+        metrics.register(LayerMetrics(self), owner=self)  # read at scrape time (roomcast.metrics)
 
     @staticmethod
     def _compile_capacities(
@@ -220,3 +224,9 @@ class BaseChannelLayer:
 
     async def close(self) -> None:
         """Release connections and background tasks; the layer may not be used afterwards."""
+
+    def local_group_counts(self) -> tuple[int, int] | None:
+        """(groups with a member in this process, memberships) for the metrics gauges, or None
+        when the backend keeps no process-local groups. Read at scrape time, maybe from another
+        thread: answer without iterating a dict the event loop may be changing."""
+        return None

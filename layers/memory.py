@@ -210,3 +210,6 @@ class InMemoryChannelLayer(BaseChannelLayer):
 
     async def close(self) -> None:
         await self.flush()
+
+    def local_group_counts(self) -> tuple[int, int]:
+        return self._groups.counts()
