@@ -31,6 +31,10 @@ This is Django Channels' consumer (``channels.consumer``) with these behaviours 
 * **Metrics.** Instances running, messages dispatched and handlers that raised are counted per
   class in plain ints (:mod:`roomcast.consumers.metrics`), read by :mod:`roomcast.metrics` when
   Prometheus scrapes.
+* **Token expiry.** When ``TokenAuthMiddleware`` put a ``token_expiry`` in the scope and the
+  consumer has a ``token_expired`` handler (the WebSocket consumers do), the expiry is one more
+  source: a ``{"type": "token.expired"}`` message arrives, in turn, when the token expires (see
+  :mod:`roomcast.consumers.tokens`).
 * **Sync consumers.** :class:`SyncConsumer` runs each handler with asgiref's
   ``sync_to_async`` (thread-sensitive by default, as Channels' ``database_sync_to_async``;
   set ``thread_sensitive = False`` to use a thread pool) and makes ``self.send`` and layer
@@ -149,6 +153,9 @@ class AsyncConsumer:
             self._report(exc, "the channel layer")
             raise
         self._bind_send(self._send_to_client)
+        expiry = scope.get("token_expiry")  # TokenAuthMiddleware's: a "token.expired" message
+        if expiry is not None and callable(getattr(self, "token_expired", None)):
+            sources.append(expiry.expired_message)
         try:
             await self._dispatch_loop(sources)
         except StopConsumer:

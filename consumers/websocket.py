@@ -37,6 +37,13 @@ which
 by default logs a warning and closes the connection with ``error.close_code``: 1003 for a
 binary frame, 1007 for text ``decode_json`` rejects with a :class:`ValueError`. Override
 ``receive_json_error`` to answer differently (send an error message and stay open, say).
+
+Tokens that expire (``TokenAuthMiddleware`` with an authenticate function that returns
+``(user, expires_at)``): when the token expires, ``token_expired(message)`` runs (in turn, like
+any handler) and by default closes with :data:`~roomcast.consumers.tokens.TOKEN_EXPIRED_CODE`
+(4001, reason "token expired"). Before that, the client may send a new token, and the consumer
+renews the connection with ``await self.refresh_token(token)`` (True if accepted; the expiry is
+re-armed); see :mod:`roomcast.consumers.tokens` for the message shape we suggest.
 """
 
 from __future__ import annotations
@@ -50,6 +57,7 @@ from asgiref.sync import async_to_sync
 
 from .base import Message, SyncConsumer, _consumer_name, _GroupMembership
 from .exceptions import AcceptConnection, DenyConnection, StopConsumer, UndecodableFrame
+from .tokens import TOKEN_EXPIRED_CODE, TokenExpiry
 
 __all__ = [
     "AsyncJsonWebsocketConsumer",
@@ -63,6 +71,16 @@ logger = logging.getLogger("roomcast.consumers")
 Headers = Iterable[tuple[bytes, bytes]]
 
 _CLOSE_REASONS = {1003: "expected a text frame", 1007: "invalid JSON"}
+
+
+def _token_expiry(consumer: Any) -> TokenExpiry:
+    expiry = consumer.scope.get("token_expiry")
+    if not isinstance(expiry, TokenExpiry):
+        raise RuntimeError(
+            f"{type(consumer).__name__}.refresh_token(): the connection has no expiring token "
+            f"(TokenAuthMiddleware puts one in the scope when authenticate gives an expiry)"
+        )
+    return expiry
 
 
 def _accept_message(subprotocol: str | None, headers: Headers | None) -> Message:
@@ -167,6 +185,14 @@ class AsyncWebsocketConsumer(_GroupMembership):
     async def disconnect(self, code: int) -> None:
         """Called when the connection has closed (by either side)."""
 
+    async def token_expired(self, message: Message) -> None:
+        """The connection's token expired (``TokenAuthMiddleware``): close with 4001."""
+        await self.close(code=TOKEN_EXPIRED_CODE, reason="token expired")
+
+    async def refresh_token(self, token: str) -> bool:
+        """Authenticate ``token`` for this connection and re-arm its expiry (see tokens)."""
+        return await _token_expiry(self).refresh(token, self.scope)
+
 
 class AsyncJsonWebsocketConsumer(AsyncWebsocketConsumer):
     """An async WebSocket consumer that speaks JSON text frames."""
@@ -270,6 +296,14 @@ class WebsocketConsumer(_GroupMembership, SyncConsumer):
 
     def disconnect(self, code: int) -> None:
         """Called when the connection has closed (by either side)."""
+
+    def token_expired(self, message: Message) -> None:
+        """The connection's token expired (``TokenAuthMiddleware``): close with 4001."""
+        self.close(code=TOKEN_EXPIRED_CODE, reason="token expired")
+
+    def refresh_token(self, token: str) -> bool:
+        """Authenticate ``token`` for this connection and re-arm its expiry (see tokens)."""
+        return bool(async_to_sync(_token_expiry(self).refresh)(token, self.scope))
 
 
 class JsonWebsocketConsumer(WebsocketConsumer):
