@@ -81,11 +81,12 @@ roomcast collector): the app's own prometheus-client metrics and the process/GC 
 exported too. It is a small asyncio server on the process's event loop rather than
 prometheus-client's ``start_http_server`` (a thread): the sources are then read on the thread
 that updates them, so no source needs a lock or a copy to give a consistent reading, and the
-gateway keeps one event loop and no extra thread. A scrape costs the loop about a millisecond
-per few hundred series. Anything but ``GET``/``HEAD /metrics`` gets 404/405, a malformed
-request 400, a request head over 8 KiB 431, a client silent for 10 s is dropped; one request
-per connection. An app served by another server (uvicorn, gunicorn) calls :func:`install` and
-exposes :data:`prometheus_client.REGISTRY` its own way.
+gateway keeps one event loop and no extra thread. A scrape costs the loop a few milliseconds
+per thousand lines of exposition (about 9 ms for 1,900 lines on a busy 2-core machine).
+Anything but ``GET``/``HEAD /metrics`` gets 404/405, a malformed request 400, a request head
+over 8 KiB 431, a client silent for 10 s is dropped; one request per connection. An app
+served by another server (uvicorn, gunicorn) calls :func:`install` and exposes
+:data:`prometheus_client.REGISTRY` its own way.
 
 With several worker processes (``roomcast serve --workers N``)
 -------------------------------------------------------------

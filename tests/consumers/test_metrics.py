@@ -183,6 +183,11 @@ async def test_a_small_chat_moves_consumer_and_layer_metrics(
     assert moved(talked, "roomcast_layer_delivered_total", backend="memory") == 15
     assert moved(after, "roomcast_layer_dropped_total", backend="memory") == 0
     assert moved(after, "roomcast_layer_group_members", backend="memory") == 0
+    documented = (ROOT / "docs" / "operations.md").read_text()
+    for name, (kind, _) in after.families.items():
+        if name.startswith(("roomcast_layer_", "roomcast_consumer_")):  # tests' own: _worker_
+            full = f"{name}_total" if kind == "counter" else name
+            assert f"`{full}`" in documented, f"{full} is not in docs/operations.md"
 
 
 async def test_denials_sync_consumers_and_close_code_classes(layer: InMemoryChannelLayer) -> None:
