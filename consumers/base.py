@@ -28,6 +28,13 @@ This is Django Channels' consumer (``channels.consumer``) with these behaviours 
 * **Client gone.** When sending to the client fails with :class:`OSError` (ASGI 2.4: the
   client disconnected), the handler is abandoned quietly and the consumer reads on: the
   server's ``*.disconnect`` message follows and runs the normal disconnect path.
+* **Metrics.** Instances running, messages dispatched and handlers that raised are counted per
+  class in plain ints (:mod:`roomcast.consumers.metrics`), read by :mod:`roomcast.metrics` when
+  Prometheus scrapes.
+* **Token expiry.** When ``TokenAuthMiddleware`` put a ``token_expiry`` in the scope and the
+  consumer has a ``token_expired`` handler (the WebSocket consumers do), the expiry is one more
+  source: a ``{"type": "token.expired"}`` message arrives, in turn, when the token expires (see
+  :mod:`roomcast.consumers.tokens`).
 * **Sync consumers.** :class:`SyncConsumer` runs each handler with asgiref's
   ``sync_to_async`` (thread-sensitive by default, as Channels' ``database_sync_to_async``;
   set ``thread_sensitive = False`` to use a thread pool) and makes ``self.send`` and layer
@@ -47,6 +54,7 @@ from roomcast.layers import BaseChannelLayer
 from roomcast.layers.settings import DEFAULT_CHANNEL_LAYER, get_channel_layer
 
 from .exceptions import InvalidChannelLayerError, StopConsumer
+from .metrics import ConsumerStats, stats_for
 
 __all__ = [
     "ASGIApp",
@@ -122,6 +130,14 @@ class AsyncConsumer:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Run this instance for one connection until :class:`StopConsumer` or an error."""
+        self._metrics: ConsumerStats = stats_for(self)
+        self._metrics.instances += 1
+        try:
+            await self._run_instance(scope, receive, send)
+        finally:
+            self._metrics.instances -= 1
+
+    async def _run_instance(self, scope: Scope, receive: Receive, send: Send) -> None:
         self.scope = scope
         self._client_send = send
         self._send_error: BaseException | None = None
@@ -137,6 +153,9 @@ class AsyncConsumer:
             self._report(exc, "the channel layer")
             raise
         self._bind_send(self._send_to_client)
+        expiry = scope.get("token_expiry")  # TokenAuthMiddleware's: a "token.expired" message
+        if expiry is not None and callable(getattr(self, "token_expired", None)):
+            sources.append(expiry.expired_message)
         try:
             await self._dispatch_loop(sources)
         except StopConsumer:
@@ -184,6 +203,7 @@ class AsyncConsumer:
             await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _handle(self, message: Message) -> None:
+        self._metrics.messages += 1
         try:
             await self.dispatch(message)
         except StopConsumer:
@@ -197,6 +217,7 @@ class AsyncConsumer:
                     message.get("type"),
                 )
                 return  # the server's disconnect message comes next
+            self._metrics.error(message.get("type"))
             self._report(exc, repr(message.get("type")))
             raise
 

@@ -43,6 +43,13 @@ A channel layer that cannot reach its broker (a
 its ``retry_timeout``) reaching a handler closes the connection with 1013 ("try again later";
 accepted first when it happens during the handshake, so that the client sees the code), with one
 warning line and no traceback.
+
+Tokens that expire (``TokenAuthMiddleware`` with an authenticate function that returns
+``(user, expires_at)``): when the token expires, ``token_expired(message)`` runs (in turn, like
+any handler) and by default closes with :data:`~roomcast.consumers.tokens.TOKEN_EXPIRED_CODE`
+(4001, reason "token expired"). Before that, the client may send a new token, and the consumer
+renews the connection with ``await self.refresh_token(token)`` (True if accepted; the expiry is
+re-armed); see :mod:`roomcast.consumers.tokens` for the message shape we suggest.
 """
 
 from __future__ import annotations
@@ -57,6 +64,7 @@ from roomcast.layers.exceptions import LayerConnectionError
 
 from .base import Message, SyncConsumer, _consumer_name, _GroupMembership
 from .exceptions import AcceptConnection, DenyConnection, StopConsumer, UndecodableFrame
+from .tokens import TOKEN_EXPIRED_CODE, TokenExpiry
 
 __all__ = [
     "AsyncJsonWebsocketConsumer",
@@ -71,6 +79,16 @@ Headers = Iterable[tuple[bytes, bytes]]
 
 _CLOSE_REASONS = {1003: "expected a text frame", 1007: "invalid JSON"}
 LAYER_DOWN_CLOSE_CODE = 1013  # "try again later": the channel layer cannot reach its broker
+
+
+def _token_expiry(consumer: Any) -> TokenExpiry:
+    expiry = consumer.scope.get("token_expiry")
+    if not isinstance(expiry, TokenExpiry):
+        raise RuntimeError(
+            f"{type(consumer).__name__}.refresh_token(): the connection has no expiring token "
+            f"(TokenAuthMiddleware puts one in the scope when authenticate gives an expiry)"
+        )
+    return expiry
 
 
 def _accept_message(subprotocol: str | None, headers: Headers | None) -> Message:
@@ -133,6 +151,7 @@ async def _layer_unavailable(consumer: Any, message: Message, exc: LayerConnecti
         if not consumer.__dict__.get("_ws_accepted"):
             await consumer._send_to_client(_accept_message(None, None))
             consumer._ws_accepted = True
+            consumer._metrics.websocket_accepted(consumer)
         await consumer._send_to_client(_close_message(LAYER_DOWN_CLOSE_CODE, "try again later"))
     except OSError:
         pass  # the client went away meanwhile: its disconnect follows
@@ -169,6 +188,7 @@ class AsyncWebsocketConsumer(_GroupMembership):
         """Accept the connection, with a subprotocol and extra response headers if given."""
         await super().send(_accept_message(subprotocol, headers))
         self._ws_accepted = True
+        self._metrics.websocket_accepted(self)
 
     async def websocket_receive(self, message: Message) -> None:
         """A frame from the client: passed to ``receive()``."""
@@ -193,16 +213,26 @@ class AsyncWebsocketConsumer(_GroupMembership):
 
     async def close(self, code: int | bool | None = None, reason: str | None = None) -> None:
         """Close the connection (before accepting: refuse it, an HTTP 403)."""
+        self._metrics.websocket_closing(self)
         await super().send(_close_message(code, reason))
 
     async def websocket_disconnect(self, message: Message) -> None:
         """The connection closed: leave ``groups``, run ``disconnect(code)``, stop."""
+        self._metrics.websocket_disconnected(self, message.get("code", 1005))
         await self._leave_groups()
         await self.disconnect(message.get("code", 1005))
         raise StopConsumer()
 
     async def disconnect(self, code: int) -> None:
         """Called when the connection has closed (by either side)."""
+
+    async def token_expired(self, message: Message) -> None:
+        """The connection's token expired (``TokenAuthMiddleware``): close with 4001."""
+        await self.close(code=TOKEN_EXPIRED_CODE, reason="token expired")
+
+    async def refresh_token(self, token: str) -> bool:
+        """Authenticate ``token`` for this connection and re-arm its expiry (see tokens)."""
+        return await _token_expiry(self).refresh(token, self.scope)
 
 
 class AsyncJsonWebsocketConsumer(AsyncWebsocketConsumer):
@@ -278,6 +308,7 @@ class WebsocketConsumer(_GroupMembership, SyncConsumer):
         """Accept the connection, with a subprotocol and extra response headers if given."""
         super().send(_accept_message(subprotocol, headers))
         self._ws_accepted = True
+        self._metrics.websocket_accepted(self)
 
     def websocket_receive(self, message: Message) -> None:
         """A frame from the client: passed to ``receive()``."""
@@ -302,16 +333,26 @@ class WebsocketConsumer(_GroupMembership, SyncConsumer):
 
     def close(self, code: int | bool | None = None, reason: str | None = None) -> None:
         """Close the connection (before accepting: refuse it, an HTTP 403)."""
+        self._metrics.websocket_closing(self)
         super().send(_close_message(code, reason))
 
     def websocket_disconnect(self, message: Message) -> None:
         """The connection closed: leave ``groups``, run ``disconnect(code)``, stop."""
+        self._metrics.websocket_disconnected(self, message.get("code", 1005))
         async_to_sync(self._leave_groups)()
         self.disconnect(message.get("code", 1005))
         raise StopConsumer()
 
     def disconnect(self, code: int) -> None:
         """Called when the connection has closed (by either side)."""
+
+    def token_expired(self, message: Message) -> None:
+        """The connection's token expired (``TokenAuthMiddleware``): close with 4001."""
+        self.close(code=TOKEN_EXPIRED_CODE, reason="token expired")
+
+    def refresh_token(self, token: str) -> bool:
+        """Authenticate ``token`` for this connection and re-arm its expiry (see tokens)."""
+        return bool(async_to_sync(_token_expiry(self).refresh)(token, self.scope))
 
 
 class JsonWebsocketConsumer(WebsocketConsumer):

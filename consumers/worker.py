@@ -36,6 +36,10 @@ What is pinned down here (Channels leaves it open):
   (with ``!``) belongs to the process that made it and is refused, as is a name the
   application's routers visibly do not route (a typo would otherwise eat messages).
 
+``--metrics-port PORT`` (or ``ROOMCAST_METRICS_PORT``) serves Prometheus metrics at
+``http://127.0.0.1:PORT/metrics`` (``--metrics-host`` to listen elsewhere): the consumers',
+the layer's and the process's (see :mod:`roomcast.metrics`); it needs ``roomcast[metrics]``.
+
 The command (``python -m roomcast.consumers.worker`` or ``roomcast worker``) ends user mistakes
 (bad app
 path, invalid channel name, unknown layer alias, bad ``CHANNEL_LAYERS``) with one
@@ -59,6 +63,8 @@ import click
 from roomcast.layers import BaseChannelLayer
 from roomcast.layers.exceptions import InvalidChannelName, LayerConfigError
 from roomcast.layers.settings import DEFAULT_CHANNEL_LAYER, get_channel_layer
+
+from roomcast import metrics
 
 from .base import ASGIApp, Message, Scope
 
@@ -451,8 +457,30 @@ class _Number(_ParamType):
     metavar="0-3",
     help="0 warnings only, 1 start/stop, 2 debug (each message), 3 debug with asyncio.",
 )
+@click.option(
+    "--metrics-port",
+    type=_Number(int, 65535),
+    default=None,
+    envvar="ROOMCAST_METRICS_PORT",
+    metavar="PORT",
+    help="Serve Prometheus metrics at http://HOST:PORT/metrics (needs roomcast[metrics]).",
+)
+@click.option(
+    "--metrics-host",
+    default="127.0.0.1",
+    show_default=True,
+    envvar="ROOMCAST_METRICS_HOST",
+    metavar="HOST",
+    help="The address --metrics-port listens on (0.0.0.0 in a container).",
+)
 def main(
-    app: str, channels: tuple[str, ...], alias: str, graceful_timeout: float, verbosity: int
+    app: str,
+    channels: tuple[str, ...],
+    alias: str,
+    graceful_timeout: float,
+    verbosity: int,
+    metrics_port: int | None,
+    metrics_host: str,
 ) -> None:
     """Consume the named CHANNELs with the 'channel' routes of the ASGI application APP.
 
@@ -467,28 +495,45 @@ def main(
     """
     configure_logging(verbosity)
     try:
+        if metrics_port is not None:
+            metrics.require()
         application = import_application(app)
         layer = get_channel_layer(alias)
         worker = Worker(application, channels, layer, graceful_timeout=graceful_timeout)
     except InvalidChannelName as exc:
         fail(str(exc), EXIT_USAGE)
-    except (WorkerConfigError, LayerConfigError) as exc:
+    except (WorkerConfigError, LayerConfigError, metrics.MetricsError) as exc:
         fail(str(exc))
     try:
-        asyncio.run(serve_until_stopped(worker, layer))
+        asyncio.run(serve_until_stopped(worker, layer, metrics_port, metrics_host))
     except KeyboardInterrupt:  # Ctrl-C before the signal handlers were in place
         sys.exit(130)
+    except metrics.MetricsError as exc:  # the metrics port is taken
+        fail(str(exc))
     except Exception as exc:
         logger.critical("Worker failed", exc_info=exc)
         fail(f"worker failed: {type(exc).__name__}: {exc}")
 
 
-async def serve_until_stopped(worker: Worker, layer: BaseChannelLayer) -> None:
+async def serve_until_stopped(
+    worker: Worker,
+    layer: BaseChannelLayer,
+    metrics_port: int | None = None,
+    metrics_host: str = "127.0.0.1",
+) -> None:
     """Run ``worker`` until SIGTERM/SIGINT; ``layer`` is closed on the way out (its
-    connections, its tasks). What ``roomcast worker`` and ``manage.py runworker`` run."""
+    connections, its tasks). What ``roomcast worker`` and ``manage.py runworker`` run.
+    With ``metrics_port``, ``/metrics`` is served there meanwhile (:func:`roomcast.metrics.serve`).
+    """
+    exporter = None
+    if metrics_port is not None:
+        exporter = await metrics.serve(metrics_port, metrics_host)
+        logger.info("Serving metrics on %s", exporter.url)
     try:
         await worker.serve()
     finally:
+        if exporter is not None:
+            exporter.close()
         with contextlib.suppress(Exception):
             await layer.close()
 

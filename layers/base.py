@@ -41,8 +41,11 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, TypeAlias, TypeVar
 
+from roomcast import metrics
+
 from .exceptions import HistoryNotEnabled, InvalidChannelName, InvalidGroupName, LayerConfigError
 from .history import HistoryPolicy, HistoryResult, StreamPosition, check_limit, check_since
+from .metrics import LayerMetrics
 from .serializers import DEFAULT_MAX_MESSAGE_SIZE
 
 V = TypeVar("V")
@@ -153,6 +156,7 @@ class BaseChannelLayer:
         )
         self._history_policies: dict[str, HistoryPolicy | None] = {}
         self.counters = LayerCounters()
+        metrics.register(LayerMetrics(self), owner=self)  # read at scrape time (roomcast.metrics)
 
     def get_capacity(self, channel: str) -> int:
         """The capacity of ``channel``: the first matching pattern's, else ``capacity``."""
@@ -325,3 +329,9 @@ class BaseChannelLayer:
 
     async def close(self) -> None:
         """Release connections and background tasks; the layer may not be used afterwards."""
+
+    def local_group_counts(self) -> tuple[int, int] | None:
+        """(groups with a member in this process, memberships) for the metrics gauges, or None
+        when the backend keeps no process-local groups. Read at scrape time, maybe from another
+        thread: answer without iterating a dict the event loop may be changing."""
+        return None

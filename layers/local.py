@@ -289,5 +289,11 @@ class LocalGroups:
         members = self._groups.get(group, {})
         return {channel: added for channel, added in members.items() if added >= cutoff}
 
+    def counts(self) -> tuple[int, int]:
+        """(groups, memberships), lapsed ones included until they are next looked at; for the
+        metrics gauges, safe to call from another thread (no Python-level dict iteration)."""
+        tables = list(self._groups.values())
+        return len(tables), sum(map(len, tables))
+
     def clear(self) -> None:
         self._groups.clear()

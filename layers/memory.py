@@ -247,3 +247,6 @@ class InMemoryChannelLayer(BaseChannelLayer):
 
     async def _history_position(self, group: str, policy: HistoryPolicy) -> StreamPosition:
         return self._histories.position(group, policy, time.monotonic())
+
+    def local_group_counts(self) -> tuple[int, int]:
+        return self._groups.counts()
