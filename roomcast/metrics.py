@@ -90,12 +90,13 @@ served by another server (uvicorn, gunicorn) calls :func:`install` and exposes
 
 With several worker processes (``roomcast serve --workers N``)
 -------------------------------------------------------------
-Each worker has its own sources. The design we recommend to the gateway: **the supervisor
-serves /metrics** (``--metrics-port``), and on each scrape asks every worker, over the pipe it
+Each worker has its own sources. **The supervisor serves /metrics** (``--metrics-port``; built
+in :mod:`roomcast.gateway.workers`): on each scrape it asks every worker, over the pipe it
 already keeps to it, for :func:`snapshot` (plain picklable :class:`Family` objects), adds a
-``worker="<index>"`` label (:meth:`Family.with_label`; bounded by N) and answers with
-:func:`render` of the merged list, plus ``roomcast_gateway_worker_up{worker}`` for a worker that
-did not answer within a second. A restarted worker's counters start again from zero, which
+``worker="<index>"`` label, 1 to N (:meth:`Family.with_label`), and answers with :func:`render`
+of the list :func:`merge` adds up (``serve(..., gather=...)``), plus
+``roomcast_gateway_worker_up{worker}``, 0 for a worker that did not answer within a second.
+A restarted worker's counters start again from zero, which
 Prometheus treats as a counter reset per series. prometheus-client's *multiprocess mode* was
 weighed and rejected: it does not support custom collectors (this whole design), it puts a lock
 and an mmap write into every increment (the hot-path cost we avoid), and each gauge needs a
