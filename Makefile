@@ -44,8 +44,9 @@ redis-server:
 
 # The deployment tests (tests/e2e/test_deploy.py, test_browser.py) run nginx (the load
 # balancer), Debian's chromium (driven by Playwright, whose own browser download is never used)
-# and docker-compose (validates docker-compose.yml; no Docker engine is needed); the HTTP/2
-# tests run h2load (nghttp2-client) and curl. Install the
+# and docker-compose (validates docker-compose.yml; no Docker engine is needed), promtool
+# (Debian's prometheus package: checks deploy/prometheus.yml; its service is never started);
+# the HTTP/2 tests run h2load (nghttp2-client) and curl. Install the
 # missing ones; under CI the tests fail rather than skip without them.
 test-tools:
 	@missing=; \
@@ -54,6 +55,7 @@ test-tools:
 	command -v docker-compose >/dev/null || missing="$$missing docker-compose"; \
 	command -v h2load >/dev/null || missing="$$missing nghttp2-client"; \
 	command -v curl >/dev/null || missing="$$missing curl"; \
+	command -v promtool >/dev/null || missing="$$missing prometheus"; \
 	if [ -n "$$missing" ]; then \
 	  echo "not found:$$missing: installing with apt-get"; \
 	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \

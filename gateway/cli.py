@@ -41,6 +41,7 @@ GROUPS = (
     "HTTP timeouts and limits",
     "WebSocket",
     "Logging",
+    "Metrics",
     "Other",
 )
 
@@ -187,7 +188,7 @@ def option(*decls: str, group: str, **kwargs: Any) -> Callable[[F], F]:
     return click.option(*decls, cls=_Option, group=group, **kwargs)
 
 
-LISTEN, TLS, APP, PROXY, HTTP, WS, LOG = GROUPS[:7]
+LISTEN, TLS, APP, PROXY, HTTP, WS, LOG, METRICS = GROUPS[:8]
 
 
 @click.command(
@@ -579,6 +580,70 @@ LISTEN, TLS, APP, PROXY, HTTP, WS, LOG = GROUPS[:7]
     metavar="FORMAT",
     help="Python logging format of the server's own lines (not the access log).",
 )
+@option(
+    "--log-format",
+    group=LOG,
+    type=click.Choice(["text", "json"]),
+    default=_DEFAULTS["log_format"],
+    help="text: timestamped lines; json: one JSON object per line (access lines with their "
+    "fields), for every roomcast logger and the access log.",
+)
+@option(
+    "--log-file",
+    group=LOG,
+    metavar="PATH",
+    show_default="stderr",
+    help="Where the server's own lines (not the access log) go; reopened on SIGHUP.",
+)
+@option(
+    "--log-config",
+    group=LOG,
+    metavar="FILE",
+    help="A logging configuration replacing roomcast's: dictConfig as .json/.yaml, or an ini "
+    "file for fileConfig.",
+)
+@option(
+    "--metrics-port",
+    group=METRICS,
+    type=Number(int, 0, 65535),
+    metavar="PORT",
+    help="Serve Prometheus metrics at http://HOST:PORT/metrics, never on the app's port "
+    "(needs roomcast[metrics]); with --workers the supervisor serves all of them.",
+)
+@option(
+    "--metrics-host",
+    group=METRICS,
+    default=_DEFAULTS["metrics_host"],
+    metavar="HOST",
+    help="The address --metrics-port listens on (0.0.0.0 in a container).",
+)
+@option(
+    "--limit-connections-per-client",
+    group=HTTP,
+    type=COUNT,
+    metavar="N",
+    show_default="no limit",
+    help="WebSockets and requests one client address may have open at once (the forwarded "
+    "address with --proxy-headers); more get 429 or close 1008.",
+)
+@option(
+    "--websocket-max-messages-per-second",
+    group=WS,
+    type=Number(float, 0.001),
+    metavar="N",
+    show_default="no limit",
+    help="Incoming messages per second per WebSocket (a burst of one second's worth); more "
+    "close it with 1008.",
+)
+@option(
+    "--websocket-max-bytes-per-second",
+    group=WS,
+    type=Number(float, 1),
+    metavar="BYTES",
+    show_default="no limit",
+    help="Incoming payload bytes per second per WebSocket (burst: one second's worth, at "
+    "least one largest message); more close it with 1008.",
+)
 def main(**options: Any) -> None:
     """Serve the ASGI application APP over HTTP/1.1 and WebSocket.
 
@@ -601,7 +666,13 @@ def main(**options: Any) -> None:
     _check_reload_options(ctx, options)
     try:
         config = build_config(options)
+        if config.metrics_port is not None:
+            from roomcast import metrics
+
+            metrics.require()  # before anything starts: one line without prometheus-client
     except ConfigError as exc:
+        fail(str(exc), EXIT_CONFIG)
+    except RuntimeError as exc:  # roomcast.metrics.MetricsUnavailable
         fail(str(exc), EXIT_CONFIG)
     serve(config)
 
@@ -665,6 +736,14 @@ def build_config(options: dict[str, Any]) -> Config:
         reload_excludes=list(options["reload_excludes"]),
         health_path=options["health_path"] or None,
         ready_path=options["ready_path"] or None,
+        log_format=options.get("log_format", "text"),
+        log_file=options.get("log_file") or None,
+        log_config=options.get("log_config") or None,
+        metrics_port=options.get("metrics_port"),
+        metrics_host=options.get("metrics_host") or "127.0.0.1",
+        limit_connections_per_client=options.get("limit_connections_per_client"),
+        websocket_max_messages_per_second=options.get("websocket_max_messages_per_second"),
+        websocket_max_bytes_per_second=options.get("websocket_max_bytes_per_second"),
     )
 
 

@@ -102,6 +102,15 @@ class Config:
     reload_excludes: list[str] = field(default_factory=list)
     health_path: str | None = None  # answered by the gateway: 200 while the loop turns
     ready_path: str | None = None  # answered by the gateway: 503 while not ready (probes.py)
+    # Operations (docs/operations.md): logs, metrics, limits per client and per WebSocket.
+    log_format: Literal["text", "json"] = "text"  # every project logger and the access log
+    log_config: str | None = None  # a dictConfig JSON/YAML or fileConfig ini replacing ours
+    log_file: str | None = None  # the server's (not the access) lines; None: stderr
+    metrics_port: int | None = None  # /metrics on its own port (roomcast.metrics), never the app's
+    metrics_host: str = "127.0.0.1"
+    limit_connections_per_client: int | None = None  # WebSockets + requests at once per address
+    websocket_max_messages_per_second: float | None = None  # inbound, per connection
+    websocket_max_bytes_per_second: float | None = None  # inbound payload bytes, per connection
 
     def __post_init__(self) -> None:
         for name in ("port", "workers", "backlog", "limit_request_body", "limit_request_head"):
@@ -146,6 +155,28 @@ class Config:
                 raise ConfigError(f"{name} {value!r} must be a path starting with /, no query")
         if self.reload and self.workers > 1:
             raise ConfigError("--reload runs one server process: it cannot go with --workers")
+        if self.log_format not in ("text", "json"):
+            raise ConfigError(f"log_format must be text or json, got {self.log_format!r}")
+        if self.metrics_port is not None and (
+            isinstance(self.metrics_port, bool)
+            or not isinstance(self.metrics_port, int)
+            or not 0 <= self.metrics_port <= 65535
+        ):
+            raise ConfigError(f"metrics_port must be from 0 to 65535, got {self.metrics_port!r}")
+        if self.metrics_port and self.metrics_port == self.port and not (self.uds or self.fd):
+            raise ConfigError(f"--metrics-port {self.metrics_port} is the app's port: use another")
+        if self.limit_connections_per_client is not None and (
+            not isinstance(self.limit_connections_per_client, int)
+            or self.limit_connections_per_client < 1
+        ):
+            raise ConfigError(
+                "limit_connections_per_client must be a positive integer (None: no limit), "
+                f"got {self.limit_connections_per_client!r}"
+            )
+        for name in ("websocket_max_messages_per_second", "websocket_max_bytes_per_second"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, (int, float)) or not value > 0):
+                raise ConfigError(f"{name} must be a positive number (None: none), got {value!r}")
         if self.health_path and self.health_path == self.ready_path:
             raise ConfigError("--health-path and --ready-path must differ")
         # Header names as connections hand them over: lower-cased bytes.

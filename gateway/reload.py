@@ -14,7 +14,9 @@ A child that cannot start (a syntax error in the file just saved, a bad app path
 start-up) is one error line; the supervisor stays up and tries again on the next change.
 SIGTERM/SIGINT stop the child, then the supervisor (exit 0); the child ignores SIGINT, so a
 terminal's Ctrl-C is not counted twice, and stops by itself if the supervisor is killed
-(kill -9). ``--reload`` serves one process: it refuses ``--workers`` above 1.
+(kill -9). ``--reload`` serves one process: it refuses ``--workers`` above 1. SIGHUP reopens
+the supervisor's log files and is forwarded to the child (logrotate); ``--metrics-port`` is
+served by the child itself, so it is down for the moment of a restart.
 """
 
 from __future__ import annotations
@@ -35,14 +37,17 @@ from pathlib import Path
 from roomcast.gateway.config import Config, ConfigError
 from roomcast.gateway.lifespan import LifespanFailure
 from roomcast.gateway.logging import configure_logging
+from roomcast.gateway.proctitle import set_title
 from roomcast.gateway.server import (
     HANDLED_SIGNALS,
+    REOPEN_SIGNAL,
     RESTART_SIGNAL,
     Listener,
     Server,
     bind_listeners,
     close_sockets,
     describe_socket,
+    reopen_logs,
 )
 from roomcast.gateway.workers import KILL_AFTER, _serve_worker, _wait_exit
 
@@ -139,6 +144,7 @@ class Reloader:
 
     async def main(self) -> None:
         config = self.config
+        set_title("reloader", config)
         configure_logging(config)
         for endpoint in config.listeners():
             config.ssl_context(endpoint.tls)  # a bad TLS file is one line, here
@@ -146,6 +152,7 @@ class Reloader:
         loop = asyncio.get_running_loop()
         for sig in HANDLED_SIGNALS:
             loop.add_signal_handler(sig, self._on_signal, sig)
+        loop.add_signal_handler(REOPEN_SIGNAL, self._on_reopen)
         try:
             logger.info("Watching for changes in %s", self.watch.describe())
             snapshot = await asyncio.to_thread(self.watch.scan)
@@ -167,7 +174,7 @@ class Reloader:
                 if not self._stop.is_set():
                     self.child = self._spawn(listeners)
         finally:
-            for sig in HANDLED_SIGNALS:
+            for sig in (*HANDLED_SIGNALS, REOPEN_SIGNAL):
                 loop.remove_signal_handler(sig)
             if self.child is not None:
                 await self._end(self.child, restart=False)
@@ -183,6 +190,14 @@ class Reloader:
             logger.warning("Received %s again: the server exits now", sig.name)
             with contextlib.suppress(ProcessLookupError):
                 os.kill(self.child.process.pid, signal.SIGTERM)
+
+    def _on_reopen(self) -> None:
+        """SIGHUP: reopen our log files, and have the server process reopen its own."""
+        reopen_logs()
+        child = self.child
+        if child is not None and child.process.pid is not None and child.process.exitcode is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child.process.pid, REOPEN_SIGNAL)
 
     def _spawn(self, listeners: list[Listener]) -> _Child:
         reader, writer = self._context.Pipe(duplex=False)
@@ -260,6 +275,8 @@ def child_main(config: Config, listeners: list[Listener], reports: Pipe) -> None
     """The server process (a fresh interpreter): start-up errors go to the supervisor as one
     line; SIGTERM stops it, RESTART_SIGNAL stops it as a restart."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor handles Ctrl-C
+    signal.signal(REOPEN_SIGNAL, signal.SIG_IGN)  # until the server handles it: never a death
+    set_title("server (reloading)", config)
     server = Server(config)
     server.handled_signals = (signal.SIGTERM, RESTART_SIGNAL)
     try:

@@ -25,22 +25,29 @@ import signal
 import socket
 import stat
 import threading
+import weakref
 from collections.abc import Callable, Coroutine, Sequence
 from types import FrameType
 from typing import Any, NamedTuple
 
+from roomcast.gateway import limits
 from roomcast.gateway.config import ASGIApp, Config, ConfigError
 from roomcast.gateway.endpoints import Endpoint
 from roomcast.gateway.lifespan import Lifespan
-from roomcast.gateway.logging import configure_logging
+from roomcast.gateway.logging import configure_logging, enable_project_loggers, reopen_log_files
+from roomcast.gateway.metrics import ReadinessMetrics, readiness_reasons
+from roomcast.gateway.proctitle import set_title
 from roomcast.gateway.state import Connection, ServerState
 from roomcast.gateway.watchdog import LoopWatchdog
+
+from roomcast import metrics
 
 logger = logging.getLogger("roomcast.gateway.error")
 
 ProtocolFactory = Callable[[Config, ASGIApp, ServerState], asyncio.Protocol]
 HANDLED_SIGNALS: tuple[signal.Signals, ...] = (signal.SIGINT, signal.SIGTERM)
 RESTART_SIGNAL = signal.SIGUSR1  # --reload's child: stop as a restart (WebSockets close 1012)
+REOPEN_SIGNAL = signal.SIGHUP  # reopen the log files (logrotate); never a stop
 DRAIN_POLL = 0.02  # seconds between looks at the connections left while draining
 CANCEL_GRACE = 1.0  # seconds for cancelled tasks and aborted connections to go
 
@@ -74,10 +81,15 @@ class Server:
         self.listeners: list[Listener] = []
         self.servers: list[asyncio.Server] = []
         self.watchdog: LoopWatchdog | None = None
+        self.serve_metrics = True  # --metrics-port here; False in a worker (its supervisor does)
+        self.metrics_server: metrics.MetricsServer | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        metrics.register(self.state.metrics, owner=self.state)
+        metrics.register(ReadinessMetrics(_reasons_of(weakref.ref(self.state))), owner=self.state)
 
     def run(self, sockets: Sequence[socket.socket | Listener] | None = None) -> None:
         """Serve until stopped. Raises ConfigError or LifespanFailure for the CLI to report."""
+        set_title("server", self.config)
         with asyncio.Runner(loop_factory=self.config.loop_factory()) as runner:
             runner.run(self.serve(sockets))
 
@@ -96,6 +108,8 @@ class Server:
         config = self.config
         configure_logging(config)
         app = config.load_app()
+        enable_project_loggers()  # importing the app may have run Django's LOGGING
+        app = limits.wrap(app, config, self.state.metrics)
         own_sockets = sockets is None
         if sockets is None:
             for endpoint in config.listeners():
@@ -106,7 +120,8 @@ class Server:
         self.sockets = [listener.sock for listener in listeners]
         self.listeners = listeners
         loop = self._loop = asyncio.get_running_loop()
-        self.watchdog = LoopWatchdog(loop, config.loop_lag_threshold, config.graceful_timeout)
+        lag = self.state.metrics.loop_lag
+        self.watchdog = LoopWatchdog(loop, config.loop_lag_threshold, config.graceful_timeout, lag)
         self.watchdog.start()
         installed = self._install_signal_handlers()
         lifespan = Lifespan(app, config, self.state)
@@ -117,6 +132,7 @@ class Server:
         gated = _after(self.started, app)
         self.state.app_started = False
         try:
+            await self._serve_metrics()
             if early:
                 await self._listen(listeners, lambda: app if self.started.is_set() else gated)
             if not await self._until_exit(lifespan.startup()):
@@ -142,6 +158,9 @@ class Server:
         finally:
             for sig, previous in installed:
                 signal.signal(sig, previous)
+            if self.metrics_server is not None:
+                self.metrics_server.close()
+                self.metrics_server = None
             self.watchdog.stop()
             for conn in list(self.state.connections):  # a failed start-up leaves some
                 conn.abort()
@@ -149,6 +168,17 @@ class Server:
                 server.close()
             if own_sockets:
                 close_sockets(listeners, config)
+
+    async def _serve_metrics(self) -> None:
+        """``--metrics-port``: /metrics of this process on its own port (roomcast.metrics)."""
+        config = self.config
+        if config.metrics_port is None or not self.serve_metrics:
+            return
+        try:
+            self.metrics_server = await metrics.serve(config.metrics_port, config.metrics_host)
+        except metrics.MetricsError as exc:
+            raise ConfigError(str(exc)) from exc
+        logger.info("Serving metrics on %s", self.metrics_server.url)
 
     async def _until_exit(self, work: Coroutine[Any, Any, None], force_only: bool = False) -> bool:
         """Run ``work`` unless a (forced) exit comes first; True if it completed."""
@@ -242,7 +272,17 @@ class Server:
             return []
         if threading.current_thread() is not threading.main_thread():
             return []  # only the main thread may; an embedding caller handles signals itself
-        return [(sig, signal.signal(sig, self._signal_received)) for sig in self.handled_signals]
+        installed = [
+            (sig, signal.signal(sig, self._signal_received)) for sig in self.handled_signals
+        ]
+        installed.append((REOPEN_SIGNAL, signal.signal(REOPEN_SIGNAL, self._reopen_received)))
+        return installed
+
+    def _reopen_received(self, signum: int, frame: FrameType | None) -> None:
+        """SIGHUP: reopen the log files on the loop (a handler must not swap streams under a
+        write in progress)."""
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(reopen_logs)
 
     def _signal_received(self, signum: int, frame: FrameType | None) -> None:
         if self.watchdog is not None:
@@ -262,6 +302,22 @@ class Server:
                 " before a restart" if restart else "",
             )
             self.exit(restart=restart)
+
+
+def _reasons_of(ref: weakref.ref[ServerState]) -> Callable[[], dict[str, str]]:
+    """The readiness reasons of the state ``ref`` points at (weakly: no leak via the registry)."""
+
+    def reasons() -> dict[str, str]:
+        state = ref()
+        return {} if state is None else readiness_reasons(state.app_started, state.closing)
+
+    return reasons
+
+
+def reopen_logs() -> None:
+    """Reopen the process's log files (SIGHUP), and say so."""
+    count = reopen_log_files()
+    logger.info("Received SIGHUP: reopened %d log file(s)", count)
 
 
 # Listening sockets ------------------------------------------------------------------------

@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 from email.utils import formatdate
 from typing import Any, Protocol
 
+from .metrics import GatewayMetrics
+
 
 class Connection(Protocol):
     """What the server asks of every connection it tracks."""
@@ -36,6 +38,7 @@ class ServerState:
     tasks: set[asyncio.Task[Any]] = field(default_factory=set)
     app_state: dict[str, Any] = field(default_factory=dict)  # lifespan "state", per-scope copy
     counters: Counters = field(default_factory=Counters)
+    metrics: GatewayMetrics = field(default_factory=GatewayMetrics)  # exported (metrics.py)
     closing: bool = False
     app_started: bool = True  # the lifespan start-up completed (the Server sets it False first)
     probes: Any = None  # probes.Probes, made on first use (see probes_of)

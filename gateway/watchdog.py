@@ -27,6 +27,8 @@ import signal
 import threading
 import time
 
+from roomcast.metrics import Histogram
+
 logger = logging.getLogger("roomcast.gateway.error")
 
 WARN_EVERY = 10.0  # seconds between two lag warnings of one blocked stretch
@@ -38,15 +40,23 @@ BLOCKED_FOR_EXIT = 1.0  # a loop this late is blocked, not merely busy
 class LoopWatchdog:
     """Watches one running loop from a daemon thread; ``start()`` on the loop, ``stop()`` after."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, threshold: float, graceful: float) -> None:
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        threshold: float,
+        graceful: float,
+        lag: Histogram | None = None,
+    ) -> None:
         """``threshold``: seconds of lag worth a warning (0: no warnings, the exit still works);
-        ``graceful``: the server's graceful timeout."""
+        ``graceful``: the server's graceful timeout; ``lag``: observes, on the loop, how late
+        each tick's timer ran (the gateway's loop-lag metric)."""
         self.loop = loop
         self.threshold = threshold
         self.graceful = graceful
         self.tick = min(0.25, max(0.02, threshold / 4)) if threshold > 0 else 0.25
         self.last_beat = time.monotonic()
         self.max_lag = 0.0  # the longest lag seen (tests and curious operators)
+        self.lag = lag
         self._handle: asyncio.TimerHandle | None = None
         self._done = threading.Event()
         self._thread: threading.Thread | None = None
@@ -74,7 +84,10 @@ class LoopWatchdog:
             self._forced = True
 
     def _beat(self) -> None:
-        self.last_beat = time.monotonic()
+        now = time.monotonic()
+        if self.lag is not None:
+            self.lag.observe(max(0.0, now - self.last_beat - self.tick))
+        self.last_beat = now
         if not self._done.is_set():
             self._handle = self.loop.call_later(self.tick, self._beat)
 

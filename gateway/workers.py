@@ -12,13 +12,25 @@ start-up failure) reports it through a pipe, and the supervisor stops with that 
 Signals: SIGTERM/SIGINT in the parent are forwarded to the workers as SIGTERM (graceful); a
 second one is forwarded again (immediate). Workers ignore SIGINT, so a terminal's Ctrl-C,
 delivered to the whole process group, is not counted twice. A worker whose supervisor is gone
-shuts itself down.
+shuts itself down. SIGHUP reopens the supervisor's log files and is forwarded to every worker,
+which reopens its own (logrotate; see roomcast.gateway.logging).
+
+Metrics (``--metrics-port``): the supervisor serves ``/metrics`` for all its workers. On each
+scrape it asks every worker, over the pipe it keeps to it, for
+:func:`roomcast.metrics.snapshot`, labels each series ``worker="I"`` (1 to N) and answers with
+the lot, plus ``roomcast_gateway_worker_up{worker}`` (0 for a worker that did not answer within
+``SCRAPE_TIMEOUT``, one that is starting or blocked) and
+``roomcast_gateway_worker_restarts_total``. A worker has at most one question outstanding, so a
+blocked worker never fills its pipe. A replaced worker's counters start again from zero (a
+counter reset per series, which ``rate()`` handles); a kill -9 of the supervisor takes the
+endpoint with it (and the workers stop, see above).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import multiprocessing
 import os
@@ -33,14 +45,19 @@ from multiprocessing.process import BaseProcess
 from roomcast.gateway.config import Config, ConfigError
 from roomcast.gateway.lifespan import LifespanFailure
 from roomcast.gateway.logging import configure_logging
+from roomcast.gateway.proctitle import set_title
 from roomcast.gateway.server import (
     HANDLED_SIGNALS,
+    REOPEN_SIGNAL,
     Listener,
     Server,
     bind_listeners,
     close_sockets,
     describe_socket,
+    reopen_logs,
 )
+
+from roomcast import metrics
 
 logger = logging.getLogger("roomcast.gateway.error")
 
@@ -49,6 +66,7 @@ BACKOFF_START = 0.1  # seconds before the first restart; doubles with each recen
 BACKOFF_MAX = 5.0
 KILL_AFTER = 5.0  # seconds past graceful_timeout before workers that ignore SIGTERM are killed
 PARENT_POLL = 1.0  # seconds between a worker's checks that its supervisor is alive
+SCRAPE_TIMEOUT = 1.0  # seconds a worker has to send its metrics snapshot to a scrape
 
 
 class WorkersFailed(Exception):
@@ -62,6 +80,8 @@ class _Worker:
     reports: Pipe  # what the worker tells us: ("ready", pid) or (kind, start-up error)
     ready: bool = False
     failure: Exception | None = None
+    # The metrics question outstanding: (sequence number, the future its answer resolves).
+    asked: tuple[int, asyncio.Future[list[metrics.Family]]] | None = None
 
     def describe_exit(self) -> str:
         code = self.process.exitcode
@@ -88,6 +108,8 @@ class Supervisor:
         self._listeners: list[Listener] = []
         self._crashes: list[float] = []
         self._context = multiprocessing.get_context("spawn")
+        self.restarts = 0  # workers replaced after dying
+        self._questions = itertools.count(1)
 
     @property
     def crash_limit(self) -> int:
@@ -100,6 +122,7 @@ class Supervisor:
 
     async def main(self) -> None:
         config = self.config
+        set_title("supervisor", config)
         configure_logging(config)
         for endpoint in config.listeners():  # a bad TLS file is reported once, here
             config.ssl_context(endpoint.tls)
@@ -108,7 +131,17 @@ class Supervisor:
         loop = asyncio.get_running_loop()
         for sig in HANDLED_SIGNALS:
             loop.add_signal_handler(sig, self._on_signal, sig)
+        loop.add_signal_handler(REOPEN_SIGNAL, self._on_reopen)
+        exporter: metrics.MetricsServer | None = None
         try:
+            if config.metrics_port is not None:
+                try:
+                    exporter = await metrics.serve(
+                        config.metrics_port, config.metrics_host, gather=self.scrape
+                    )
+                except metrics.MetricsError as exc:
+                    raise ConfigError(str(exc)) from exc
+                logger.info("Serving metrics of every worker on %s", exporter.url)
             keepers = [
                 asyncio.create_task(self._keep(index, listeners))
                 for index in range(1, config.workers + 1)
@@ -117,7 +150,9 @@ class Supervisor:
             await asyncio.wait(keepers)
             watchdog.cancel()
         finally:
-            for sig in HANDLED_SIGNALS:
+            if exporter is not None:
+                exporter.close()
+            for sig in (*HANDLED_SIGNALS, REOPEN_SIGNAL):
                 loop.remove_signal_handler(sig)
             for worker in self.workers.values():
                 if worker.process.is_alive():
@@ -150,6 +185,60 @@ class Supervisor:
         else:
             logger.warning("Received %s again: workers exit now", sig.name)
             self._signal_workers(signal.SIGTERM)
+
+    def _on_reopen(self) -> None:
+        """SIGHUP: reopen our log files and tell every worker to reopen its own."""
+        reopen_logs()
+        self._signal_workers(REOPEN_SIGNAL)
+
+    async def scrape(self) -> list[metrics.Family]:
+        """Every worker's metrics, labelled ``worker``, with ``roomcast_gateway_worker_up``."""
+        workers = sorted(self.workers.values(), key=lambda worker: worker.index)
+        answers = await asyncio.gather(*(self._ask_metrics(worker) for worker in workers))
+        families: list[metrics.Family] = []
+        up: dict[tuple[str, ...], float] = {}
+        for worker, answer in zip(workers, answers, strict=True):
+            label = str(worker.index)
+            up[(label,)] = 0 if answer is None else 1
+            for family in answer or ():
+                if "worker" not in family.labels:
+                    family = family.with_label("worker", label)
+                families.append(family)
+        families.append(
+            metrics.gauge(
+                "roomcast_gateway_worker_up",
+                "1 when the worker answered this scrape, 0 when it did not (starting, blocked).",
+                up,
+                ("worker",),
+            )
+        )
+        families.append(
+            metrics.counter(
+                "roomcast_gateway_worker_restarts_total",
+                "Worker processes replaced after they died.",
+                self.restarts,
+            )
+        )
+        return metrics.merge(families)
+
+    async def _ask_metrics(self, worker: _Worker) -> list[metrics.Family] | None:
+        """The worker's snapshot, or None if it does not answer within SCRAPE_TIMEOUT."""
+        if worker.asked is not None and not worker.asked[1].done():
+            return None  # still silent on the last question: do not pile up more
+        if not worker.ready or worker.reports.closed or worker.process.exitcode is not None:
+            return None
+        answer: asyncio.Future[list[metrics.Family]] = asyncio.get_running_loop().create_future()
+        question = next(self._questions)
+        worker.asked = (question, answer)
+        try:
+            worker.reports.send(("metrics", question))
+        except OSError:
+            answer.cancel()
+            return None
+        try:
+            return await asyncio.wait_for(asyncio.shield(answer), SCRAPE_TIMEOUT)
+        except TimeoutError:
+            return None
 
     def _signal_workers(self, sig: signal.Signals) -> None:
         for worker in self.workers.values():
@@ -186,6 +275,7 @@ class Supervisor:
                     )
                 )
                 return
+            self.restarts += 1
             logger.error(
                 "Worker %d (pid %s) %s; restarting it in %.1f s",
                 index,
@@ -209,10 +299,11 @@ class Supervisor:
             worker.reports.close()
 
     def _spawn(self, index: int, sockets: list[Listener]) -> _Worker:
-        reader, writer = self._context.Pipe(duplex=False)
+        # Duplex: the worker reports to us, and answers our metrics questions.
+        reader, writer = self._context.Pipe(duplex=True)
         process = self._context.Process(
             target=worker_main,
-            args=(self.config, sockets, writer),
+            args=(self.config, sockets, writer, index),
             name=f"gateway-worker-{index}",
         )
         process.start()
@@ -230,6 +321,11 @@ class Supervisor:
                 if kind == "ready":
                     worker.ready = True
                     self._announce()
+                elif kind == "metrics":
+                    question, families = detail
+                    asked = worker.asked
+                    if asked is not None and asked[0] == question and not asked[1].done():
+                        asked[1].set_result(families)
                 elif kind == "lifespan":
                     worker.failure = LifespanFailure(detail)
                 else:
@@ -294,14 +390,17 @@ async def _wait_exit(process: BaseProcess) -> None:
 # In the worker process -----------------------------------------------------------------
 
 
-def worker_main(config: Config, sockets: list[Listener], reports: Pipe) -> None:
+def worker_main(config: Config, sockets: list[Listener], reports: Pipe, index: int = 1) -> None:
     """A worker's entry point (it runs in a fresh interpreter: the "spawn" method)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor forwards Ctrl-C as SIGTERM
+    signal.signal(REOPEN_SIGNAL, signal.SIG_IGN)  # until the server handles it: never a death
+    set_title(f"worker {index} of {config.workers}", config)
     server = Server(config)
     server.handled_signals = (signal.SIGTERM,)
+    server.serve_metrics = False  # the supervisor serves every worker's
     try:
         with asyncio.Runner(loop_factory=config.loop_factory()) as runner:
-            runner.run(_serve_worker(server, sockets, reports))
+            runner.run(_serve_worker(server, sockets, reports, answer_metrics=True))
     except ConfigError as exc:
         reports.send(("config", str(exc)))
         sys.exit(1)
@@ -310,7 +409,12 @@ def worker_main(config: Config, sockets: list[Listener], reports: Pipe) -> None:
         sys.exit(3)
 
 
-async def _serve_worker(server: Server, sockets: list[Listener], reports: Pipe) -> None:
+async def _serve_worker(
+    server: Server, sockets: list[Listener], reports: Pipe, answer_metrics: bool = False
+) -> None:
+    loop = asyncio.get_running_loop()
+    if answer_metrics:
+        loop.add_reader(reports.fileno(), _answer_metrics, reports)
     watch = asyncio.create_task(_watch_parent(server, os.getppid()))
     serving = asyncio.create_task(server.serve(sockets))
     started = asyncio.create_task(server.started.wait())
@@ -322,6 +426,20 @@ async def _serve_worker(server: Server, sockets: list[Listener], reports: Pipe) 
     finally:
         started.cancel()
         watch.cancel()
+        if answer_metrics and not reports.closed:
+            loop.remove_reader(reports.fileno())
+
+
+def _answer_metrics(reports: Pipe) -> None:
+    """The supervisor asks for our metrics: send it :func:`roomcast.metrics.snapshot`."""
+    try:
+        while reports.poll():
+            kind, question = reports.recv()
+            if kind == "metrics":
+                reports.send(("metrics", (question, metrics.snapshot())))
+    except (EOFError, OSError):  # the supervisor is gone; _watch_parent stops us
+        with contextlib.suppress(OSError):
+            asyncio.get_running_loop().remove_reader(reports.fileno())
 
 
 async def _watch_parent(server: Server, parent: int) -> None:

@@ -90,12 +90,13 @@ served by another server (uvicorn, gunicorn) calls :func:`install` and exposes
 
 With several worker processes (``roomcast serve --workers N``)
 -------------------------------------------------------------
-Each worker has its own sources. The design we recommend to the gateway: **the supervisor
-serves /metrics** (``--metrics-port``), and on each scrape asks every worker, over the pipe it
+Each worker has its own sources. **The supervisor serves /metrics** (``--metrics-port``; built
+in :mod:`roomcast.gateway.workers`): on each scrape it asks every worker, over the pipe it
 already keeps to it, for :func:`snapshot` (plain picklable :class:`Family` objects), adds a
-``worker="<index>"`` label (:meth:`Family.with_label`; bounded by N) and answers with
-:func:`render` of the merged list, plus ``roomcast_gateway_worker_up{worker}`` for a worker that
-did not answer within a second. A restarted worker's counters start again from zero, which
+``worker="<index>"`` label, 1 to N (:meth:`Family.with_label`), and answers with :func:`render`
+of the list :func:`merge` adds up (``serve(..., gather=...)``), plus
+``roomcast_gateway_worker_up{worker}``, 0 for a worker that did not answer within a second.
+A restarted worker's counters start again from zero, which
 Prometheus treats as a counter reset per series. prometheus-client's *multiprocess mode* was
 weighed and rejected: it does not support custom collectors (this whole design), it puts a lock
 and an mmap write into every increment (the hot-path cost we avoid), and each gauge needs a
@@ -123,7 +124,7 @@ import math
 import re
 import threading
 import weakref
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Literal, Protocol, TypeAlias
@@ -149,6 +150,7 @@ __all__ = [
     "gauge",
     "histogram",
     "install",
+    "merge",
     "register",
     "render",
     "require",
@@ -518,6 +520,20 @@ def snapshot() -> list[Family]:
     return collect()
 
 
+def merge(families: Iterable[Family]) -> list[Family]:
+    """``families`` added up by name (as :func:`collect` adds up its sources), sorted by name;
+    a family that clashes with an earlier one of its name (kind, labels) is logged and left
+    out."""
+    merged: dict[str, Family] = {}
+    for family in families:
+        try:
+            check_family(family)
+            _merge(merged, family)
+        except MetricRuleError as exc:
+            _log_once(f"merging {family.name!r}", exc)
+    return [merged[name] for name in sorted(merged)]
+
+
 # prometheus-client ------------------------------------------------------------------------------
 
 
@@ -653,8 +669,15 @@ class MetricsServer:
         await self.wait_closed()
 
 
+Gather: TypeAlias = Callable[[], Awaitable[list[Family]]]
+
+
 async def _answer(
-    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, registry: Any
+    reader: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
+    *,
+    registry: Any,
+    gather: Gather | None = None,
 ) -> None:
     """One connection, one request: read its head (bounded in size and time), answer, close."""
     try:
@@ -665,7 +688,7 @@ async def _answer(
             return
         except (asyncio.IncompleteReadError, TimeoutError):
             return
-        await _answer_request(head, writer, registry)
+        await _answer_request(head, writer, registry, gather)
     except ConnectionError:
         pass  # the scraper went away
     finally:
@@ -674,7 +697,9 @@ async def _answer(
             await writer.wait_closed()
 
 
-async def _answer_request(head: bytes, writer: asyncio.StreamWriter, registry: Any) -> None:
+async def _answer_request(
+    head: bytes, writer: asyncio.StreamWriter, registry: Any, gather: Gather | None = None
+) -> None:
     lines = head.decode("latin-1").split("\r\n")
     parts = lines[0].split(" ")
     if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
@@ -692,7 +717,10 @@ async def _answer_request(head: bytes, writer: asyncio.StreamWriter, registry: A
     if method not in ("GET", "HEAD"):
         await _respond(writer, 405, b"GET or HEAD\n", [("Allow", "GET, HEAD")])
         return
-    body, content_type = render(accept=accept, registry=registry)
+    if gather is not None:
+        body, content_type = render(await gather(), accept=accept)
+    else:
+        body, content_type = render(accept=accept, registry=registry)
     headers = [("Content-Type", content_type)]
     await _respond(writer, 200, body, headers, head_only=method == "HEAD")
 
@@ -712,11 +740,15 @@ async def _respond(
     await writer.drain()
 
 
-async def serve(port: int, host: str = "127.0.0.1", *, registry: Any = None) -> MetricsServer:
+async def serve(
+    port: int, host: str = "127.0.0.1", *, registry: Any = None, gather: Gather | None = None
+) -> MetricsServer:
     """Answer ``GET http://host:port/metrics`` on the running loop (port 0: a free one).
 
     ``registry`` defaults to prometheus-client's ``REGISTRY``; the roomcast collector is
-    installed into it. Raises :class:`MetricsUnavailable` without prometheus-client and
+    installed into it. With ``gather``, each scrape awaits ``gather()`` instead and answers
+    with :func:`render` of the families it returns (the ``--workers`` supervisor's merged
+    snapshots). Raises :class:`MetricsUnavailable` without prometheus-client and
     :class:`MetricsError` for a port out of range or one that cannot be bound.
     """
     require()
@@ -726,7 +758,7 @@ async def serve(port: int, host: str = "127.0.0.1", *, registry: Any = None) -> 
 
     registry = REGISTRY if registry is None else registry
     install(registry)
-    answer = functools.partial(_answer, registry=registry)
+    answer = functools.partial(_answer, registry=registry, gather=gather)
     try:
         server = await asyncio.start_server(answer, host, port, limit=MAX_HEAD)
     except OSError as exc:

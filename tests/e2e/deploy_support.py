@@ -36,6 +36,8 @@ DOCKERFILE = ROOT / "Dockerfile"
 DOCKERIGNORE = ROOT / ".dockerignore"
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 NGINX_CONF = ROOT / "deploy" / "nginx.conf"
+PROMETHEUS_CONF = ROOT / "deploy" / "prometheus.yml"
+DASHBOARD = ROOT / "deploy" / "grafana" / "dashboards" / "roomcast.json"
 ARTIFACTS = ROOT / "tests" / "artifacts"
 
 UPSTREAM_MARK = "# roomcast:upstream"
@@ -169,12 +171,16 @@ def gateway_environment(redis_url: str) -> dict[str, str]:
     return environment
 
 
-def gateway_arguments(port: int) -> list[str]:
-    """The image's ``roomcast serve ...`` arguments, on 127.0.0.1:``port``, not 0.0.0.0:8000."""
+def gateway_arguments(port: int, metrics_port: int | None = None) -> list[str]:
+    """The image's ``roomcast serve ...`` arguments, on 127.0.0.1:``port``, not 0.0.0.0:8000,
+    with its metrics on 127.0.0.1:``metrics_port`` (a free port by default), not 0.0.0.0:9100."""
     command = image_command()
     assert command[:2] == ["roomcast", "serve"], command
     arguments = command[2:]
-    for flag, value in (("-b", "127.0.0.1"), ("-p", str(port))):
+    metrics = str(metrics_port if metrics_port is not None else free_port())
+    replaced = (("-b", "127.0.0.1"), ("-p", str(port)))
+    replaced += (("--metrics-port", metrics), ("--metrics-host", "127.0.0.1"))
+    for flag, value in replaced:
         arguments[arguments.index(flag) + 1] = value
     return arguments
 

