@@ -108,11 +108,11 @@ import secrets
 import time
 from _thread import get_ident
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import Any, NamedTuple, TypeVar
+from typing import Any, ClassVar, NamedTuple, TypeVar
 
 from redis.exceptions import RedisError
 
-from ..base import BaseChannelLayer
+from ..base import UNDECIDED, BaseChannelLayer, HistoryConfig
 from ..exceptions import (
     ChannelFull,
     InvalidChannelName,
@@ -120,11 +120,14 @@ from ..exceptions import (
     LayerConnectionError,
     UndecodableMessage,
 )
+from ..history import HistoryPolicy, HistoryResult, StreamPosition, stamp, stamp_payload
 from ..local import LocalChannels, LocalGroups, Payload, shareable, unpack
 from ..serializers import DEFAULT_MAX_MESSAGE_SIZE, MessageCodec
 from . import resp, scripts, wire
 from .blocking import PlainReader
+from .healing import GapHealer
 from .health import Health
+from .history import MARK, Read, RedisHistories, unpack_published
 from .hosts import HostSpec, parse_hosts
 from .inbox import InboxReader
 from .link import RespLink
@@ -175,8 +178,12 @@ class RedisChannelLayer(BaseChannelLayer):
     swept; default 15, between 0.5 and 3600) and ``alias`` (the name this layer
     reports its readiness under; ``CHANNEL_LAYERS``'s alias when built from settings, else
     ``prefix``). ``subscribe_timeout`` bounds how long ``group_add`` waits for Redis to confirm
-    a subscription (default: ``retry_timeout``).
+    a subscription (default: ``retry_timeout``). ``history``: the group histories of issue 13
+    (:mod:`roomcast.layers.history`; on Redis :mod:`~roomcast.layers.redis.history` and
+    :mod:`~roomcast.layers.redis.healing`).
     """
+
+    extensions: ClassVar[list[str]] = ["groups", "flush", "history"]
 
     def __init__(
         self,
@@ -193,6 +200,7 @@ class RedisChannelLayer(BaseChannelLayer):
         retry_timeout: float = DEFAULT_RETRY_TIMEOUT,
         liveness_timeout: float = DEFAULT_LIVENESS_TIMEOUT,
         alias: str | None = None,
+        history: HistoryConfig | None = None,
     ) -> None:
         super().__init__(
             expiry=expiry,
@@ -200,6 +208,7 @@ class RedisChannelLayer(BaseChannelLayer):
             capacity=capacity,
             channel_capacity=channel_capacity,
             max_message_size=max_message_size,
+            history=history,
         )
         if not isinstance(prefix, str) or not PREFIX_RE.match(prefix):
             raise LayerConfigError(
@@ -251,6 +260,16 @@ class RedisChannelLayer(BaseChannelLayer):
         # (group, channel) whose record removal waits for Redis, per shard
         self._unrecorded: dict[int, dict[tuple[str, str], None]] = {}
         self.last_group_receivers = 0  # processes the last group_send's PUBLISH reached
+        self._histories = RedisHistories(self)  # history groups (issue 13)
+        self._healer = GapHealer(
+            deliver=self._fan_out,
+            read=self._heal_read,
+            unseal=self._unseal,
+            subscribed=self._is_subscribed,
+            spawn=self._spawn,
+            expiry=self.expiry,
+            counters=self.counters,
+        )
 
     # Plumbing ----------------------------------------------------------------------------
 
@@ -303,6 +322,15 @@ class RedisChannelLayer(BaseChannelLayer):
         except LOST_CONNECTION as exc:
             raise self._unreachable(shard, exc) from exc
 
+    async def _run_fenced(
+        self, script: scripts.Script, shard: int, keys: list[str], args: list[Any], *, retry: bool
+    ) -> Any:
+        """One fenced script run on ``shard`` (history; on the home loop)."""
+        try:
+            return await self._pipes[shard].run_fenced(script, keys, args, retry=retry)
+        except LOST_CONNECTION as exc:
+            raise self._unreachable(shard, exc) from exc
+
     async def _execute(self, shard: int, *command: bytes | str | int) -> Any:
         """One plain command on ``shard`` (on the home loop); server errors are raised."""
         try:
@@ -333,6 +361,7 @@ class RedisChannelLayer(BaseChannelLayer):
                     health,
                     self.retry_timeout,
                     name=f"roomcast:{self.prefix}:{self.process_id}:cmd{shard}",
+                    fence=bool(self.history),
                 )
                 for shard, host in enumerate(self.hosts)
             ]
@@ -359,6 +388,7 @@ class RedisChannelLayer(BaseChannelLayer):
             self._inbox.start()
             self._subscribers = {}
             self._plain = {}
+            self._healer.restart()
             wanted = {wire.group_key(self.prefix, group) for group in self._groups}
             for channel in wanted:  # a new loop: restore subscriptions from local state
                 self._spawn(self._subscriber(self._shard(self._group_of(channel))).add(channel))
@@ -403,6 +433,7 @@ class RedisChannelLayer(BaseChannelLayer):
                 name=f"roomcast:{self.prefix}:{self.process_id}:sub{shard}",
                 shard=shard,
                 health=self.health,
+                on_subscribed=self._on_subscribed,
             )
             subscriber.start()
         return subscriber
@@ -443,6 +474,7 @@ class RedisChannelLayer(BaseChannelLayer):
         subscriber = self._subscribers.get(self._shard(group))
         if subscriber is not None:
             subscriber.remove(wire.group_key(self.prefix, group))
+        self._healer.forget(group)
 
     async def _join(self, group: str, channel: str) -> None:
         first = self._groups.add(group, channel, time.monotonic())
@@ -458,7 +490,11 @@ class RedisChannelLayer(BaseChannelLayer):
         key = wire.group_key(self.prefix, group)
         wait = self.subscribe_timeout
         try:
-            await asyncio.wait_for(self._subscriber(shard).add(key), wait)
+            if self.history and self.history_policy(group) is not None:
+                self._healer.track(group)  # its first read follows the subscription's confirmation
+                await asyncio.wait_for(self._subscribed_with_history(shard, key, group), wait)
+            else:
+                await asyncio.wait_for(self._subscriber(shard).add(key), wait)
         except TimeoutError:
             self.health.call_failed(shard)
             raise LayerConnectionError(
@@ -466,6 +502,10 @@ class RedisChannelLayer(BaseChannelLayer):
                 f"to group {group!r} within {wait:g} s; the membership stands and the "
                 f"subscription will be made when Redis answers"
             ) from None
+
+    async def _subscribed_with_history(self, shard: int, key: str, group: str) -> None:
+        await self._subscriber(shard).add(key)
+        await self._healer.started(group)  # messages sent after group_add returns reach it
 
     def _leave(self, group: str, channel: str) -> None:
         if self._groups.discard(group, channel):
@@ -482,11 +522,62 @@ class RedisChannelLayer(BaseChannelLayer):
             return  # delivered locally when it was sent
         remaining = expires - time.time()
         if remaining <= 0:
+            # A history group's message starts with 0x00, its position next: read as a plain
+            # message it seems long expired (a double starting 0x00 is < 1e-300), and its
+            # "sender" holds the position's ':' (never a process id, which is hex). So plain
+            # groups pay nothing for this test.
+            if data[:1] == MARK:
+                self._on_history_message(pubsub_channel, data)
+                return
             self.counters.expired += 1
             return
         payload = self._unseal(sealed)
         if payload is not None:
             self._fan_out(self._group_of(pubsub_channel), time.monotonic() + remaining, payload)
+
+    def _on_history_message(self, pubsub_channel: str, data: bytes) -> None:
+        try:
+            published = unpack_published(data)
+        except ValueError:
+            self.counters.rejected += 1
+            logger.warning("group %s: discarded a malformed history message", pubsub_channel)
+            return
+        group = self._group_of(pubsub_channel)
+        remaining = published.expires - time.time()
+        if group in self._healer:  # in offset order, holes filled from the stream
+            self._healer.on_published(
+                group, published.epoch, published.offset, remaining, published.sealed
+            )
+            return
+        # A group this process keeps no history for (configured otherwise elsewhere): as is.
+        if published.sender == self._process_id_bytes:
+            return
+        if remaining <= 0:
+            self.counters.expired += 1
+            return
+        payload = self._unseal(published.sealed)
+        if payload is not None:
+            try:
+                stamped = stamp_payload(payload, stamp(group, published.epoch, published.offset))
+            except ValueError:
+                self.counters.rejected += 1
+                return
+            self._fan_out(group, time.monotonic() + remaining, stamped)
+
+    def _on_subscribed(self, pubsub_channel: str) -> None:
+        if self.history:
+            self._healer.on_subscribed(self._group_of(pubsub_channel))
+
+    def _is_subscribed(self, group: str) -> bool:
+        subscriber = self._subscribers.get(self._shard(group))
+        return subscriber is not None and subscriber.confirmed(wire.group_key(self.prefix, group))
+
+    async def _heal_read(self, group: str, since: StreamPosition | None) -> Read:
+        """The stream of a history group after ``since`` (None: only its position)."""
+        policy = self.history_policy(group)
+        if policy is None:  # the configuration says no history for it: nothing to read
+            raise LookupError(f"group {group!r} keeps no history")
+        return await self._histories.read(group, policy, since, 0 if since is None else -1)
 
     def _on_inbox_entry(self, data: bytes) -> None:
         try:
@@ -751,6 +842,12 @@ class RedisChannelLayer(BaseChannelLayer):
     async def group_send(self, group: str, message: dict[str, Any]) -> None:
         self.require_valid_group_name(group)
         payload = self._codec.encode(message)
+        if self.history:  # history configured: this group's policy, decided once (issue 13)
+            policy = self._history_policies.get(group, UNDECIDED)
+            if policy is UNDECIDED:
+                policy = self.history_policy(group)
+            if policy is not None:
+                return await self._history_send(group, policy, payload)
         if not self._at_home():
             return await self._on_home(lambda: self._group_send(group, payload))
         await self._group_send(group, payload)
@@ -773,6 +870,11 @@ class RedisChannelLayer(BaseChannelLayer):
             self._fan_out(group, time.monotonic() + self.expiry, payload)
         if external:
             await self._push_external([member.decode() for member in external], sealed, now)
+
+    async def _history_send(self, group: str, policy: HistoryPolicy, payload: bytes) -> None:
+        if not self._at_home():
+            return await self._on_home(lambda: self._histories.send(group, policy, payload))
+        await self._histories.send(group, policy, payload)
 
     async def _push_external(self, channels: list[str], sealed: bytes, now: float) -> None:
         """Deliver a group message to plain-channel members: one push each, full ones dropped."""
@@ -889,7 +991,26 @@ class RedisChannelLayer(BaseChannelLayer):
             "unrecorded_discards": sum(len(waiting) for waiting in self._unrecorded.values()),
             "outages": self.health.outages,
             "swept_processes": self._liveness.swept if self._liveness is not None else 0,
+            **{f"history_{name}": value for name, value in vars(self._healer.stats).items()},
         }
+
+    # History (issue 13; see roomcast.layers.redis.history) -------------------------------
+
+    async def _read_history(
+        self,
+        group: str,
+        policy: HistoryPolicy,
+        since: StreamPosition | None,
+        limit: int | None,
+    ) -> HistoryResult:
+        if not self._at_home():
+            return await self._on_home(lambda: self._histories.history(group, policy, since, limit))
+        return await self._histories.history(group, policy, since, limit)
+
+    async def _history_position(self, group: str, policy: HistoryPolicy) -> StreamPosition:
+        if not self._at_home():
+            return await self._on_home(lambda: self._histories.position(group, policy))
+        return await self._histories.position(group, policy)
 
     async def close(self) -> None:
         """Stop the readers and close the connections."""
