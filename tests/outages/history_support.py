@@ -84,6 +84,7 @@ class Members:
     def __init__(self, layer: RedisChannelLayer, channels: list[str]) -> None:
         self.layer = layer
         self.got: dict[str, list[tuple[int, str | None]]] = {channel: [] for channel in channels}
+        self.arrived: dict[str, list[float]] = {channel: [] for channel in channels}  # monotonic
         self._tasks = [asyncio.ensure_future(self._receive(channel)) for channel in channels]
 
     @classmethod
@@ -99,6 +100,7 @@ class Members:
             stamped = message_position(message)
             position = None if stamped is None else str(stamped.position)
             self.got[channel].append((message["n"], position))
+            self.arrived[channel].append(time.monotonic())
 
     def numbers(self, channel: str) -> list[int]:
         return [n for n, _ in self.got[channel]]
