@@ -43,6 +43,7 @@ stream through the consumer (the stream is in Redis, not here).
 from __future__ import annotations
 
 import asyncio
+import struct
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -50,9 +51,13 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 from ..base import LayerCounters
-from ..history import StreamPosition, stamp, stamp_payload
+from ..history import StreamPosition, stamp, stamp_encoded, stamp_payload
+from . import wire
 from .history import Read
 from .reconnect import logger
+
+_EXPIRY = struct.Struct(">d")
+_PLAIN_HEAD = _EXPIRY.size + wire.PROCESS_ID_LENGTH  # expiry | sender, before the payload
 
 MAX_PENDING = 20_000  # copies waiting for a hole before the hole is given up
 RETIRED = 8  # epochs remembered as past, per group: their late copies are dropped
@@ -77,17 +82,34 @@ class _Offer(NamedTuple):
 class _Stream:
     """What one process knows of one history group it has members in."""
 
-    __slots__ = ("again", "early", "epoch", "group", "last", "pending", "ready", "retired")
+    __slots__ = (
+        "again",
+        "early",
+        "epoch",
+        "group",
+        "last",
+        "mark",
+        "pending",
+        "prefix",
+        "ready",
+        "retired",
+    )
 
     def __init__(self, group: str) -> None:
         self.group = group
+        self.prefix = f"{group}:".encode()  # + "<epoch>:<offset>" from the wire: the stamp
         self.epoch: str | None = None  # None: no starting point yet
+        self.mark = b""  # b"<epoch>:" of ``epoch``: how its copies' positions start
         self.last = 0  # the offset last handed to the members
         self.pending: dict[int, Item] = {}  # copies past a hole, by offset
         self.early: list[_Offer] | None = None  # a read is under way: copies wait here
         self.again = False  # read once more when this read returns
         self.ready = asyncio.Event()  # the first read has returned
         self.retired: deque[str] = deque(maxlen=RETIRED)
+
+    def follow(self, epoch: str, last: int) -> None:
+        self.epoch, self.last = epoch, last
+        self.mark = f"{epoch}:".encode()
 
 
 @dataclass
@@ -100,6 +122,7 @@ class HealingStats:
     epochs_lost: int = 0  # histories found lost (a new epoch): how much was missed is unknown
     duplicates: int = 0  # copies dropped because they had been handed on already
     stale: int = 0  # late copies of a history already found lost, dropped
+    waited: int = 0  # copies that waited for an earlier one (on its way, or read)
 
 
 class GapHealer:
@@ -166,14 +189,54 @@ class GapHealer:
         if stream is not None:
             self._sync(stream)
 
-    def on_published(
-        self, group: str, epoch: str, offset: int, remaining: float, sealed: bytes
-    ) -> None:
-        """A copy from the subscription, ``remaining`` seconds before it expires."""
+    def on_published(self, group: str, data: bytes) -> bool:
+        """A history message from the subscription (see :mod:`~roomcast.layers.redis.history`
+        for its bytes); False when ``group`` is not followed here. Raises ``ValueError`` for
+        bytes that are not such a message."""
         stream = self._streams.get(group)
-        if stream is not None:
-            item = Item(time.monotonic() + remaining, sealed, True)
-            self._offer(stream, _Offer(epoch, offset, item, True))
+        if stream is None:
+            return False
+        end = 2 + data[1]
+        position = data[2:end]
+        mark = stream.mark
+        try:
+            (expires,) = _EXPIRY.unpack_from(data, end)
+            if mark and position.startswith(mark):
+                offset = int(position[len(mark) :])
+                if offset == stream.last + 1 and stream.early is None:
+                    self._next_in_line(stream, offset, position, expires, data[end + _PLAIN_HEAD :])
+                    return True
+                epoch = stream.epoch
+            else:
+                raw, _, digits = position.rpartition(b":")
+                epoch, offset = raw.decode("ascii"), int(digits)
+            if not epoch or not digits_only(position):
+                raise ValueError(f"bad position {position[:80]!r}")
+        except (ValueError, struct.error) as exc:
+            raise ValueError(f"malformed history message: {exc}") from None
+        item = Item(time.monotonic() + (expires - time.time()), data[end + _PLAIN_HEAD :], True)
+        self._offer(stream, _Offer(epoch, offset, item, True))
+        return True
+
+    def _next_in_line(
+        self, stream: _Stream, offset: int, position: bytes, expires: float, sealed: bytes
+    ) -> None:
+        """The common case, kept short: the copy that comes next, handed on at once."""
+        stream.last = offset
+        remaining = expires - time.time()
+        if remaining <= 0:
+            self._counters.expired += 1
+        else:
+            payload = self._unseal(sealed)
+            if payload is not None:
+                try:
+                    data = stamp_encoded(payload, stream.prefix + position)
+                except (ValueError, IndexError):
+                    self._counters.rejected += 1
+                else:
+                    self._deliver(stream.group, time.monotonic() + remaining, data)
+        if stream.pending:
+            self._drain(stream)
 
     def on_sent(self, group: str, epoch: str, offset: int, expires: float, stamped: bytes) -> None:
         """This process's own send, as the script answered it."""
@@ -193,7 +256,7 @@ class GapHealer:
                 self.stats.stale += 1  # a late copy of a history already found lost
                 return
             if stream.epoch is None:  # no starting point (its read failed): start here
-                stream.epoch, stream.last = epoch, offset - 1
+                stream.follow(epoch, offset - 1)
             else:
                 self._epoch_lost(stream, epoch)
         last = stream.last
@@ -207,6 +270,7 @@ class GapHealer:
                 self._drain(stream)
             return
         stream.pending[offset] = offer.item
+        self.stats.waited += 1
         if len(stream.pending) > MAX_PENDING:
             self._give_up(stream)
         elif offer.proven or not self._subscribed(stream.group):
@@ -245,7 +309,7 @@ class GapHealer:
             stream.epoch,
             epoch,
         )
-        stream.epoch, stream.last = epoch, 0
+        stream.follow(epoch, 0)
         self.stats.epochs_lost += 1
 
     def _hand_on(self, stream: _Stream, offset: int, item: Item) -> None:
@@ -259,7 +323,7 @@ class GapHealer:
                 return  # counted in rejected by unseal
             try:
                 data = stamp_payload(payload, stamp(stream.group, str(stream.epoch), offset))
-            except ValueError:
+            except (ValueError, IndexError):
                 self._counters.rejected += 1
                 return
         self._deliver(stream.group, item.expires, data)
@@ -312,7 +376,7 @@ class GapHealer:
         position = read.position
         if since is None:
             if stream.epoch is None:  # a new member's starting point: the current position
-                stream.epoch, stream.last = position.epoch, position.offset
+                stream.follow(position.epoch, position.offset)
             return
         if position.epoch != stream.epoch:
             self._epoch_lost(stream, position.epoch)
@@ -335,6 +399,12 @@ class GapHealer:
             self.stats.missed += position.offset - stream.last
             stream.last = position.offset
         self._drain(stream)
+
+
+def digits_only(position: bytes) -> bool:
+    """Whether ``"<epoch>:<offset>"`` ends in a plain decimal offset (``int()`` would take
+    ``+1``, `` 1`` or ``1_0`` too)."""
+    return position.rpartition(b":")[2].isdigit()
 
 
 __all__ = ["GapHealer", "HealingStats", "Item"]

@@ -34,9 +34,10 @@ the stream to expire ``ttl`` after it and reads leave out entries older than ``t
 expires ``max(ttl, group_expiry)`` after the last use (the position outlives its messages, as in
 memory). Without a ``ttl`` neither key expires.
 
-**Epochs and the fence.** The epoch is made (random, by the process that happens to need it)
-when the hash is missing: the group's first use, or after its history was lost (a restart
-without persistence, expiry, eviction, ``flush()``). The epoch and the offset live in one hash,
+**Epochs and the fence.** The epoch is made by the script that finds the hash missing: the
+group's first use, or after its history was lost (a restart without persistence, expiry,
+eviction, ``flush()``); 12 hex digits of a SHA-1 of the call's expiry, sender and fence on a
+send, a random one the reader brings on a read. The epoch and the offset live in one hash,
 so they can only vanish together: an offset never restarts at 1 under a surviving epoch. A
 server can also keep the hash but lack the last writes: a replica promoted by Sentinel
 (replication is asynchronous), or a restart from an older snapshot; its offsets would then be
@@ -75,33 +76,36 @@ from ..history import (
     stamp_payload,
 )
 from . import wire
+from .reconnect import LOST_CONNECTION
+from .resp import bulk
 from .scripts import Script
 
 if TYPE_CHECKING:
     from .layer import RedisChannelLayer
 
 MARK = b"\x00"  # the first byte of a history group's pub/sub message
+SEND_ARGS = 12  # HISTORY_SEND's numkeys, 4 keys and 7 arguments (the fence is added)
+ROUTE_CACHE = 65536  # history groups whose packed keys are remembered, at most
 
 # group_send on a history group. KEYS: members zset (= pub/sub channel), external zset, stream,
-# meta hash. ARGV: 1 expiry | sender, 2 payload, 3 cutoff (memberships older lapse), 4 size,
-# 5 now (ms), 6 stream ttl (ms, 0: none), 7 meta ttl (ms, 0: none), 8 a fresh epoch, 9 fence.
-# Returns {processes that got it, live external members, epoch, offset}.
+# meta hash. ARGV: 1 expiry | sender, 2 payload, 3 cutoff (memberships older lapse), 4 now (ms),
+# 5 size, 6 stream ttl (ms, 0: none), 7 meta ttl (ms, 0: none), 8 fence.
+# Returns {processes that got it, live external members, epoch, offset}. A new epoch is the
+# head of a SHA-1 of (expiry | sender, fence, key): no two calls can make the same one.
 HISTORY_SEND = Script(
     """
 local meta = redis.call('HMGET', KEYS[4], 'e', 'f')
 local epoch = meta[1]
-if not epoch or meta[2] ~= ARGV[9] then
-  epoch = ARGV[8]
+if not epoch or meta[2] ~= ARGV[8] then
+  epoch = string.sub(redis.sha1hex(ARGV[1] .. ARGV[8] .. KEYS[4]), 1, 12)
   redis.call('DEL', KEYS[3])
-  redis.call('HSET', KEYS[4], 'e', epoch, 'o', 0, 'f', ARGV[9])
+  redis.call('HSET', KEYS[4], 'e', epoch, 'o', 0, 'f', ARGV[8])
 end
 local offset = redis.call('HINCRBY', KEYS[4], 'o', 1)
 local id = string.format('%d', offset)
-redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[4], id .. '-0', 't', ARGV[5], 'd', ARGV[2])
+redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[5], id .. '-0', 't', ARGV[4], 'd', ARGV[2])
 if ARGV[6] ~= '0' then
   redis.call('PEXPIRE', KEYS[3], ARGV[6])
-end
-if ARGV[7] ~= '0' then
   redis.call('PEXPIRE', KEYS[4], ARGV[7])
 end
 local position = epoch .. ':' .. id
@@ -226,6 +230,14 @@ def _ttls(policy: HistoryPolicy, group_expiry: float) -> tuple[int, int]:
     return stream, max(stream, math.ceil(group_expiry * 1000))
 
 
+class _Route(NamedTuple):
+    """What a history group's sends pack the same way every time, worked out once."""
+
+    shard: int
+    keys: bytes  # ``numkeys`` and the four keys, packed
+    tail: bytes  # size, stream ttl, meta ttl, packed
+
+
 class RedisHistories:
     """The history half of one :class:`~roomcast.layers.redis.layer.RedisChannelLayer`:
     its ``group_send`` for history groups, and the reads (see the module)."""
@@ -233,6 +245,7 @@ class RedisHistories:
     def __init__(self, layer: RedisChannelLayer) -> None:
         self._layer = layer
         self._ttls: dict[HistoryPolicy, tuple[int, int]] = {}
+        self._routes: dict[str, _Route] = {}  # (bounded, as the layer's own)
 
     def ttls(self, policy: HistoryPolicy) -> tuple[int, int]:
         ttls = self._ttls.get(policy)
@@ -240,42 +253,60 @@ class RedisHistories:
             ttls = self._ttls[policy] = _ttls(policy, self._layer.group_expiry)
         return ttls
 
-    async def send(self, group: str, policy: HistoryPolicy, payload: bytes) -> None:
-        """``group_send`` of the encoded ``payload`` to a history group (on the home loop)."""
-        layer = self._layer
-        prefix = layer.prefix
-        now = time.time()
-        sealed = layer._codec.seal(payload)
-        head = wire.pack_group_message(now + layer.expiry, layer._process_id_bytes, b"")
-        stream_ttl, meta_ttl = self.ttls(policy)
-        keys = [
+    def _route(self, group: str, policy: HistoryPolicy) -> _Route:
+        layer, prefix = self._layer, self._layer.prefix
+        keys = (
             wire.group_key(prefix, group),
             wire.group_external_key(prefix, group),
             stream_key(prefix, group),
             meta_key(prefix, group),
-        ]
-        args = [
-            head,
-            sealed,
-            repr(now - layer.group_expiry),
-            policy.size,
-            int(now * 1000),
-            stream_ttl,
-            meta_ttl,
-            new_epoch(),
-        ]
-        receivers, external, raw_epoch, offset = await layer._run_fenced(
-            HISTORY_SEND, layer._shard(group), keys, args, retry=False
         )
-        epoch = raw_epoch.decode()
+        stream_ttl, meta_ttl = self.ttls(policy)
+        route = _Route(
+            layer._shard(group),
+            bulk(b"4") + b"".join(bulk(key.encode()) for key in keys),
+            b"".join(bulk(b"%d" % value) for value in (policy.size, stream_ttl, meta_ttl)),
+        )
+        if len(self._routes) >= ROUTE_CACHE:
+            self._routes.clear()
+        self._routes[group] = route
+        return route
+
+    async def send(self, group: str, policy: HistoryPolicy, payload: bytes) -> None:
+        """``group_send`` of the encoded ``payload`` to a history group (on the home loop)."""
+        layer = self._layer
+        route = self._routes.get(group) or self._route(group, policy)
+        now = time.time()
+        sealed = layer._codec.seal(payload)
+        head = wire.pack_group_message(now + layer.expiry, layer._process_id_bytes, b"")
+        body = (
+            route.keys
+            + bulk(head)
+            + bulk(sealed)
+            + bulk(repr(now - layer.group_expiry).encode())
+            + bulk(b"%d" % (now * 1000))
+            + route.tail
+        )
+        pipeline = layer._pipes[route.shard]
+        try:
+            if not pipeline.has_room or pipeline.waiting_for_room:
+                await pipeline.wait_for_room()
+            reply = await pipeline.submit_fenced(HISTORY_SEND, SEND_ARGS, body, retry=False)
+        except LOST_CONNECTION as exc:
+            raise layer._unreachable(route.shard, exc) from exc
+        receivers, external, raw_epoch, offset = reply
         layer.last_group_receivers = receivers
         layer.counters.group_sent += 1
-        stamped = stamp_payload(payload, stamp(group, epoch, offset))
-        if group in layer._groups:
-            layer._healer.on_sent(group, epoch, offset, time.monotonic() + layer.expiry, stamped)
-        if external:
-            members = [member.decode() for member in external]
-            await layer._push_external(members, layer._codec.seal(stamped), now)
+        local = group in layer._groups
+        if local or external:
+            epoch = raw_epoch.decode()
+            stamped = stamp_payload(payload, stamp(group, epoch, offset))
+            if local:
+                expires = time.monotonic() + layer.expiry
+                layer._healer.on_sent(group, epoch, offset, expires, stamped)
+            if external:
+                members = [member.decode() for member in external]
+                await layer._push_external(members, layer._codec.seal(stamped), now)
 
     async def read(
         self, group: str, policy: HistoryPolicy, since: StreamPosition | None, count: int
@@ -320,15 +351,15 @@ class RedisHistories:
         )
         messages = []
         for entry in chosen:
-            payload = layer._unseal(entry.sealed)
+            payload = layer._unseal(entry.sealed)  # None: another key (counted in rejected)
             try:
-                if payload is None:
-                    raise ValueError("undecodable")
-                stamped = stamp_payload(payload, stamp(group, position.epoch, entry.offset))
-                messages.append(layer._codec.decode(stamped))
-            except ValueError:  # UndecodableMessage included: bytes we did not write
+                if payload is not None:
+                    stamped = stamp_payload(payload, stamp(group, position.epoch, entry.offset))
+                    messages.append(layer._codec.decode(stamped))
+                    continue
+            except (ValueError, IndexError):  # UndecodableMessage included: not our bytes
                 layer.counters.rejected += 1
-                recovered = False  # the answer misses that message
+            recovered = False  # the answer misses that message
         return HistoryResult(messages, position, recovered)
 
     async def position(self, group: str, policy: HistoryPolicy) -> StreamPosition:

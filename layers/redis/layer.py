@@ -20,6 +20,10 @@ Design (after Phoenix PubSub and Centrifugo):
 * Keys of one operation share a hash tag (see :mod:`roomcast.layers.redis.wire`): Redis Cluster with
   sharded pub/sub can follow without a redesign. Several ``hosts`` shard groups, inboxes and
   plain channels by a consistent hash (:mod:`roomcast.layers.redis.sharding`).
+* Groups with history (the ``history`` option) keep their last messages in a capped stream on
+  the group's hash tag, and every copy carries its position (:mod:`~roomcast.layers.redis.history`);
+  each process hands its members a history group's messages in offset order and fills what its
+  subscription missed from the stream (:mod:`~roomcast.layers.redis.healing`).
 
 Connections: a fixed few per process and host, whatever the load, all opened by the layer
 itself (:mod:`~roomcast.layers.redis.link`): one pipelined connection for every non-blocking
@@ -47,57 +51,99 @@ and is made once it can (reconciled from local state). Each process heartbeats
 ``liveness_timeout`` seconds (15 by default) are ignored by ``group_members()`` and swept from
 Redis, so the members of a gateway killed with SIGKILL vanish within that bound.
 
-What is lost when, and in which order things arrive:
+What is lost when, and in which order things arrive. The last column is for groups with history
+(``CONFIG["history"]``, :mod:`~roomcast.layers.redis.history`: a capped stream per group, one
+script per ``group_send``; :mod:`~roomcast.layers.redis.healing`: each process fills the holes
+of its subscriptions from the stream). "Resumable" is a consumer using
+:class:`~roomcast.consumers.resume.ResumableGroupsMixin`. Figures: ``tests/outages/``.
 
-========================================  ===================================================
-event                                     consequence
-========================================  ===================================================
-``send`` to a full channel                ``ChannelFull`` raised, nothing written. For a
-                                          channel of another process "full" means that
-                                          process's inbox holds ``capacity`` unread entries
-                                          (as in channels_redis); a message that then finds
-                                          its local buffer full is dropped and counted there.
-``group_send``, member's buffer full      dropped for that member, ``counters.dropped`` += 1
-message older than ``expiry``             never delivered (``counters.expired``); clocks of
-                                          the processes are assumed to agree within seconds
-Redis unreachable for less than           calls wait and complete; a ``group_send`` made
-``retry_timeout``                         meanwhile is delivered after the outage
-Redis unreachable for longer              the waiting calls raise ``LayerConnectionError``
-                                          (nothing was written for them); receivers and the
-                                          background readers keep waiting
-connection lost with a ``send`` or        that call raises ``LayerConnectionError`` at once:
-``group_send`` in flight (restart,        Redis may or may not have run it, and writing it
-``CLIENT KILL``, failover)                again could deliver it twice; membership records,
-                                          reads and heartbeats in flight are written again
-process disconnected from Redis when a    that process misses the message (pub/sub keeps no
-group message is published                backlog); it resubscribes from its own state on
-                                          reconnect
-Redis restarts (no persistence)           inbox and plain-channel entries not yet read are
-                                          lost; memberships survive in each process's memory,
-                                          subscriptions are restored and membership records
-                                          re-recorded at the next heartbeat; the records of
-                                          plain-channel members are lost
-a failover (Sentinel)                     as a restart, for what the new master had not
-                                          replicated; links ask the Sentinels for the master
-                                          again and refuse a replica
-``group_add`` of another process's        takes effect when that process reads its inbox
-channel                                   (normally well under a millisecond); group messages
-                                          published before that miss the new member
-``group_discard`` while Redis is down     local membership gone at once (no more messages);
-                                          the record is removed when Redis is back
-cancelling ``receive()`` on a plain       nothing lost: an entry already popped is pushed
-channel                                   back to the head of the list for the next receiver
-a process dies (SIGKILL)                  what it had popped and not yet handed over is lost;
-                                          its members vanish from ``group_members()`` within
-                                          ``liveness_timeout`` and their records are swept
-========================================  ===================================================
+==========================  ===================================  ===================================
+event                       without history                      with history
+==========================  ===================================  ===================================
+``send`` to a full channel  ``ChannelFull`` raised, nothing      the same (history keeps group
+                            written. For a channel of another    messages only)
+                            process "full" means that
+                            process's inbox holds ``capacity``
+                            unread entries (as in
+                            channels_redis); a message that
+                            then finds its local buffer full is
+                            dropped and counted there.
+``group_send``, member's    dropped for that member,             the same for the live copy; a
+buffer full                 ``counters.dropped`` += 1            resumable member sees the offset
+                                                                 jump and fills it from the history
+message older than          never delivered                      the same, for a live or a healed
+``expiry``                  (``counters.expired``); clocks of    copy (by its time of sending); it
+                            the processes are assumed to agree   stays in the stream for resumes
+                            within seconds
+Redis unreachable for less  calls wait and complete; a           the same
+than ``retry_timeout``      ``group_send`` made meanwhile is
+                            delivered after the outage
+Redis unreachable for       the waiting calls raise              the same; ``group_history`` and
+longer                      ``LayerConnectionError`` (nothing    ``group_position`` raise too (a
+                            was written for them); receivers     resuming consumer closes 1013)
+                            and the background readers keep
+                            waiting
+connection lost with a      that call raises                     the same; if Redis ran it, the
+``send`` or ``group_send``  ``LayerConnectionError`` at once:    message has its offset and is in
+in flight (restart,         Redis may or may not have run it,    the stream, and the processes
+``CLIENT KILL``, failover)  and writing it again could deliver   deliver it (healing)
+                            it twice; membership records,
+                            reads and heartbeats in flight are
+                            written again
+process disconnected from   that process misses the message      nothing lost: once subscribed
+Redis when a group message  (pub/sub keeps no backlog); it       again the process reads what it
+is published (``CLIENT      resubscribes from its own state on   missed from the stream and hands it
+KILL TYPE pubsub``, a       reconnect                            on first, in order, once, while the
+restart, a failover, a                                           stream holds it (``size``,
+network blip)                                                    ``ttl``); else it goes on and
+                                                                 counts it (``stats()
+                                                                 ["history_missed"]``), and a
+                                                                 resumable member reports
+                                                                 ``recovered: false``
+Redis restarts (no          inbox and plain-channel entries not  the history is lost: a new epoch
+persistence)                yet read are lost; memberships       (``stats()["history_epochs_
+                            survive in each process's memory,    lost"]``); resumes from before it
+                            subscriptions are restored and       answer ``recovered: false``;
+                            membership records re-recorded at    nothing is delivered twice
+                            the next heartbeat; the records of
+                            plain-channel members are lost
+a failover (Sentinel)       as a restart, for what the new       a new epoch too (the fence: the new
+                            master had not replicated; links     master is another server), so
+                            ask the Sentinels for the master     resumes answer ``recovered: false``
+                            again and refuse a replica           instead of reusing offsets; what
+                                                                 the old master took was published
+                                                                 live, what the new one takes
+                                                                 reaches every member
+``group_add`` of another    takes effect when that process       the same; for a process's own
+process's channel           reads its inbox (normally well       channel ``group_add`` returns once
+                            under a millisecond); group          the group's position is read, and
+                            messages published before that       every later message reaches it
+                            miss the new member
+``group_discard`` while     local membership gone at once (no    the same
+Redis is down               more messages); the record is
+                            removed when Redis is back
+cancelling ``receive()`` on nothing lost: an entry already       the same
+a plain channel             popped is pushed back to the head
+                            of the list for the next receiver
+a process dies (SIGKILL)    what it had popped and not yet       the same for its members; their
+                            handed over is lost; its members     clients resume from the stream on
+                            vanish from ``group_members()``      any process, nothing lost while the
+                            within ``liveness_timeout`` and      history holds it
+                            their records are swept
+==========================  ===================================  ===================================
 
 Order: messages from one sender to one channel arrive in the order sent when the sender awaits
 each call (the API's normal use): sends through the inbox or list (FIFO), group messages
 through one pub/sub stream per process. A ``send`` and a ``group_send`` keep their relative
 order when the receiver is in the sender's process (both are local appends); across processes
 they travel different paths and may swap. Calls made concurrently by one process go out on one
-connection in the order they were made.
+connection in the order they were made. A history group's messages reach every member of every
+process in offset order, the order Redis ran the sends in, whoever sent them: one total order
+per group.
+
+Costs of history (``layer-bench --history``, ``docs/history.md``): one script per
+``group_send`` whatever the group size; groups without history run exactly the code and the
+bytes they ran before.
 """
 
 from __future__ import annotations
@@ -536,20 +582,17 @@ class RedisChannelLayer(BaseChannelLayer):
             self._fan_out(self._group_of(pubsub_channel), time.monotonic() + remaining, payload)
 
     def _on_history_message(self, pubsub_channel: str, data: bytes) -> None:
+        group = self._group_of(pubsub_channel)
         try:
+            if self._healer.on_published(group, data):  # in offset order, holes filled
+                return
             published = unpack_published(data)
         except ValueError:
             self.counters.rejected += 1
             logger.warning("group %s: discarded a malformed history message", pubsub_channel)
             return
-        group = self._group_of(pubsub_channel)
-        remaining = published.expires - time.time()
-        if group in self._healer:  # in offset order, holes filled from the stream
-            self._healer.on_published(
-                group, published.epoch, published.offset, remaining, published.sealed
-            )
-            return
         # A group this process keeps no history for (configured otherwise elsewhere): as is.
+        remaining = published.expires - time.time()
         if published.sender == self._process_id_bytes:
             return
         if remaining <= 0:
@@ -559,7 +602,7 @@ class RedisChannelLayer(BaseChannelLayer):
         if payload is not None:
             try:
                 stamped = stamp_payload(payload, stamp(group, published.epoch, published.offset))
-            except ValueError:
+            except (ValueError, IndexError):
                 self.counters.rejected += 1
                 return
             self._fan_out(group, time.monotonic() + remaining, stamped)

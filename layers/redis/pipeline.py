@@ -193,21 +193,31 @@ class Pipeline:
         )
         return future
 
+    def submit_fenced(
+        self, script: Script, count: int, body: bytes, *, retry: bool
+    ) -> asyncio.Future[Any]:
+        """:meth:`submit_script` for a fenced script: the identity of the server it is written
+        to goes after ``body`` (see :class:`~roomcast.layers.redis.scripts.Script`)."""
+        future: asyncio.Future[Any] = self._loop.create_future()
+        deadline = self._loop.time() + self.retry_timeout
+        self._enqueue(FencedCall(self, future, deadline, body, count, script, retry))
+        return future
+
     async def run_fenced(
         self, script: Script, keys: list[str], args: list[Any], *, retry: bool
     ) -> Any:
-        """Run a fenced script (see :class:`~roomcast.layers.redis.scripts.Script`): ``args``
-        and then the identity of the server it is written to."""
+        """Run a fenced script: ``args``, then the identity of the server it is written to."""
         body = bulk(b"%d" % len(keys)) + b"".join(
             [bulk(arg if arg.__class__ is bytes else str(arg).encode()) for arg in (*keys, *args)]
         )
         if not self.has_room or self._room:
             await self.wait_for_room()
-        future: asyncio.Future[Any] = self._loop.create_future()
-        deadline = self._loop.time() + self.retry_timeout
-        count = len(keys) + len(args) + 1
-        self._enqueue(FencedCall(self, future, deadline, body, count, script, retry))
-        return await future
+        return await self.submit_fenced(script, len(keys) + len(args) + 1, body, retry=retry)
+
+    @property
+    def waiting_for_room(self) -> bool:
+        """Callers wait for room (a new call must queue behind them: FIFO)."""
+        return bool(self._room)
 
     def submit(
         self, command: bytes, *, retry: bool = True, urgent: bool = False

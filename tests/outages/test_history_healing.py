@@ -13,6 +13,7 @@ before the newer ones, once.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -115,3 +116,43 @@ async def test_without_history_the_same_kills_lose_messages(
     assert numbers == sorted(set(numbers))  # what arrives is still in order, once
     for channel in others:
         assert members.numbers(channel) == numbers  # the same copies for every member
+
+
+async def test_a_hole_the_stream_no_longer_holds_is_skipped_and_counted(
+    own_redis_server: RedisServer, receiver: Make
+) -> None:
+    """The stream keeps 5; this process is cut off (killed subscription, its loop standing
+    still for a second) while 100 messages go by: its members get the 5 the stream still has,
+    in order, then go on; the rest is counted as missed."""
+    server = own_redis_server
+    history = {"room.*": {"size": 5}}
+    layer = receiver(prefix="trimmed", history=history)
+    members = await Members.join(layer, GROUP, 2)
+    sender = await Sender.start([server.url], "trimmed", GROUP, history)
+    channel = f"trimmed:g{{{GROUP}}}"
+    try:
+        await sender.send(0, 10, EVERY)
+        await members.wait(lambda numbers: len(numbers) >= 10)
+        await until_subscribed(server, channel)
+        sending = asyncio.ensure_future(sender.send(10, 100, EVERY))
+        await sender.reached(12)
+        assert killed(server.command("CLIENT", "KILL", "TYPE", "pubsub")) == 1
+        time.sleep(1.5)  # noqa: ASYNC251 - on purpose: cut off, this process cannot resubscribe
+        result = await sending
+        assert result["failed"] == []
+        await members.wait(lambda numbers: 109 in numbers)
+        await asyncio.sleep(0.3)
+    finally:
+        await sender.stop()
+        await members.stop()
+    stats = layer.stats()
+    for member in members.got:
+        numbers = members.numbers(member)
+        assert numbers == sorted(set(numbers))  # in order, once
+        assert numbers[:10] == list(range(10))
+        assert numbers[-5:] == list(range(105, 110))  # what the stream still had
+    missed = 110 - len(members.numbers(next(iter(members.got))))
+    print(f"\nsize 5, cut off for 1.5 s: {missed} missed, counted {stats['history_missed']}")
+    assert missed > 0  # a hole the stream could not fill (size 5)
+    assert stats["history_missed"] == missed
+    assert stats["history_epochs_lost"] == 0
