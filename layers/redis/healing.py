@@ -53,8 +53,8 @@ from typing import NamedTuple
 from ..base import LayerCounters
 from ..history import StreamPosition, stamp, stamp_encoded, stamp_payload
 from . import wire
+from .health import RateLimitedLog
 from .history import Read
-from .reconnect import logger
 
 _EXPIRY = struct.Struct(">d")
 _PLAIN_HEAD = _EXPIRY.size + wire.PROCESS_ID_LENGTH  # expiry | sender, before the payload
@@ -147,6 +147,7 @@ class GapHealer:
         self._expiry = expiry
         self._counters = counters
         self._streams: dict[str, _Stream] = {}
+        self._log = RateLimitedLog()  # a restart loses every group's history at once
         self.stats = HealingStats()
 
     def __contains__(self, group: str) -> bool:
@@ -176,9 +177,12 @@ class GapHealer:
                 stream.ready.set()
 
     async def started(self, group: str) -> None:
-        """Return once ``group``'s first read has returned (its starting point is known)."""
+        """Return once ``group``'s first read has returned (its starting point is known); call
+        it once subscribed (the confirmation normally starts that read)."""
         stream = self._streams.get(group)
         if stream is not None:
+            if not stream.ready.is_set() and stream.early is None:
+                self._sync(stream)
             await stream.ready.wait()
 
     # What arrives -------------------------------------------------------------------------
@@ -248,7 +252,8 @@ class GapHealer:
 
     def _offer(self, stream: _Stream, offer: _Offer) -> None:
         if stream.early is not None:
-            stream.early.append(offer)
+            if len(stream.early) < MAX_PENDING:  # else: read from the stream after this read
+                stream.early.append(offer)
             return
         epoch, offset = offer.epoch, offer.offset
         if epoch != stream.epoch:
@@ -302,7 +307,8 @@ class GapHealer:
         self._give_up(stream)
         assert stream.epoch is not None
         stream.retired.append(stream.epoch)
-        logger.info(
+        self._log.warning(
+            "epoch lost",
             "group %s: its history was lost (epoch %s is now %s): messages sent meanwhile "
             "cannot be recovered",
             stream.group,
@@ -351,7 +357,8 @@ class GapHealer:
                 except Exception as exc:  # unreachable, or a reply we cannot read
                     if self._streams.get(group) is not stream:
                         return
-                    logger.warning(
+                    self._log.warning(
+                        "read failed",
                         "group %s: cannot read its history to fill a gap (%s); what waits is "
                         "handed on as it is",
                         group,

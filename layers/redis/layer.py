@@ -142,8 +142,9 @@ process in offset order, the order Redis ran the sends in, whoever sent them: on
 per group.
 
 Costs of history (``layer-bench --history``, ``docs/history.md``): one script per
-``group_send`` whatever the group size; groups without history run exactly the code and the
-bytes they ran before.
+``group_send`` whatever the group size. Groups without history send the same commands and
+bytes as before; their ``group_send`` adds one check (and one dict lookup when ``history``
+names other groups), their receive path nothing.
 """
 
 from __future__ import annotations
