@@ -46,6 +46,7 @@ __all__ = [
     "new_epoch",
     "select_history",
     "stamp",
+    "stamp_encoded",
     "stamp_payload",
     "without_position",
 ]
@@ -187,15 +188,15 @@ def without_position(message: Mapping[str, Any]) -> dict[str, Any]:
     return {key: value for key, value in message.items() if key != POSITION_KEY}
 
 
-def _packed_str(value: str) -> bytes:
-    """``msgpack.packb(value)``, written out for the short strs stamps are (a third the cost)."""
-    data = value.encode()
+def _packed_text(data: bytes) -> bytes:
+    """``msgpack.packb(data.decode())``, written out for the short strs stamps are (a third the
+    cost)."""
     size = len(data)
     if size < 32:
         return bytes((0xA0 | size,)) + data
     if size < 256:
         return b"\xd9" + bytes((size,)) + data
-    packed: bytes = msgpack.packb(value)
+    packed: bytes = msgpack.packb(data.decode())
     return packed
 
 
@@ -208,9 +209,15 @@ def stamp_payload(payload: bytes, value: str) -> bytes:
     decodes a repeated key as its last value). The size limit was checked on ``payload``, so a
     history group accepts exactly the messages a plain group accepts.
     """
+    return stamp_encoded(payload, value.encode())
+
+
+def stamp_encoded(payload: bytes, value: bytes) -> bytes:
+    """:func:`stamp_payload` with the stamp already UTF-8 bytes (a backend that has them, as
+    the Redis layer has ``"<epoch>:<offset>"`` from the wire, saves formatting them)."""
     head = payload[0]
     if 0x80 <= head < 0x8F:  # a fixmap that stays one: the common case, kept short
-        return _FIXMAP_HEADERS[(head & 0x0F) + 1] + payload[1:] + _PACKED_KEY + _packed_str(value)
+        return _FIXMAP_HEADERS[(head & 0x0F) + 1] + payload[1:] + _PACKED_KEY + _packed_text(value)
     if head == 0x8F:  # fixmap
         count, body = 15, payload[1:]
     elif head == 0xDE:  # map 16
@@ -225,7 +232,7 @@ def stamp_payload(payload: bytes, value: str) -> bytes:
         if count <= 0xFFFF
         else b"\xdf" + count.to_bytes(4, "big")
     )
-    return header + body + _PACKED_KEY + _packed_str(value)
+    return header + body + _PACKED_KEY + _packed_text(value)
 
 
 # Configuration -------------------------------------------------------------------------------

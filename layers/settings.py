@@ -57,6 +57,7 @@ __all__ = [
     "ENV_SETTINGS_MODULE",
     "MEMORY_BACKEND",
     "REDIS_BACKEND",
+    "REDIS_ONLY_OPTIONS",
     "URL_LAYER_OPTIONS",
     "ChannelLayerManager",
     "build_layer",
@@ -99,9 +100,14 @@ URL_LAYER_OPTIONS: dict[str, Callable[[str], Any]] = {
     "group_expiry": _to_float,
     "capacity": int,
     "max_message_size": int,
+    "retry_timeout": _to_float,
+    "liveness_timeout": _to_float,
 }
 """Query parameters of a layer URL that are layer options, with their converters; every other
 parameter of a Redis URL is left in it for redis-py."""
+
+REDIS_ONLY_OPTIONS = ("prefix", "retry_timeout", "liveness_timeout")
+"""The URL layer options that only the Redis layer takes (refused on ``memory://``)."""
 
 _REDIS_SCHEMES = ("redis", "rediss", "unix")
 _URL_START = re.compile(r",\s*(?=[A-Za-z][A-Za-z0-9+.\-]*://)")
@@ -163,11 +169,14 @@ def layer_config_from_url(url: str) -> dict[str, dict[str, Any]]:
     * ``redis://``, ``rediss://`` and ``unix://`` URLs are the Redis layer, with the URL as its
       one host; several URLs separated by commas are several hosts (shards), in order.
 
-    The query parameters ``prefix``, ``expiry``, ``group_expiry``, ``capacity`` and
-    ``max_message_size`` are layer options: they are taken out of the URL and put in ``CONFIG``
-    (``expiry``/``group_expiry`` as float, ``capacity``/``max_message_size`` as int). Any other
-    parameter stays in the Redis URL, for redis-py. When there are several URLs, an option may
-    be given on any of them but must not be given two different values.
+    The query parameters ``prefix``, ``expiry``, ``group_expiry``, ``capacity``,
+    ``max_message_size``, ``retry_timeout`` and ``liveness_timeout`` are layer options: they are
+    taken out of the URL and put in ``CONFIG`` (``expiry``, ``group_expiry``, ``retry_timeout``,
+    ``liveness_timeout`` as float, ``capacity``/``max_message_size`` as int; the layer then
+    checks their ranges). ``prefix``, ``retry_timeout`` and ``liveness_timeout`` are the Redis
+    layer's only. Any other parameter stays in the Redis URL, for redis-py. When there are
+    several URLs, an option may be given on any of them but must not be given two different
+    values.
 
     >>> layer_config_from_url("redis://cache:6379/0?capacity=500&ssl_cert_reqs=none")
     {'default': {'BACKEND': 'roomcast.layers.redis.RedisChannelLayer', 'CONFIG': {'hosts': \
@@ -207,15 +216,17 @@ def layer_config_from_url(url: str) -> dict[str, dict[str, Any]]:
             if rest.strip("/").lower() != "memory:":
                 raise LayerConfigError(
                     f"{_redact(one)!r}: memory:// takes no host, path or other parameters, only "
-                    f"layer options ({', '.join(o for o in URL_LAYER_OPTIONS if o != 'prefix')})"
+                    f"layer options "
+                    f"({', '.join(o for o in URL_LAYER_OPTIONS if o not in REDIS_ONLY_OPTIONS)})"
                 )
         else:
             hosts.append(rest)
     if memory:
         if hosts:
             raise LayerConfigError("memory:// cannot be combined with other layer URLs")
-        if "prefix" in config:
-            raise LayerConfigError("memory://: 'prefix' is an option of the Redis layer only")
+        for name in REDIS_ONLY_OPTIONS:
+            if name in config:
+                raise LayerConfigError(f"memory://: {name!r} is an option of the Redis layer only")
         return {DEFAULT_CHANNEL_LAYER: {"BACKEND": MEMORY_BACKEND, "CONFIG": config}}
     return {DEFAULT_CHANNEL_LAYER: {"BACKEND": REDIS_BACKEND, "CONFIG": {"hosts": hosts, **config}}}
 
@@ -288,12 +299,24 @@ def _check_options(
         raise LayerConfigError(f"{where}: {exc} (for {path})") from None
 
 
+def _takes_alias(backend: type) -> bool:
+    """Whether ``backend`` is a roomcast layer with an ``alias`` option (the Redis layer)."""
+    if not issubclass(backend, BaseChannelLayer):
+        return False  # someone else's ``alias`` might mean something else
+    try:
+        return "alias" in inspect.signature(backend).parameters
+    except (TypeError, ValueError):  # pragma: no cover - a constructor with no signature
+        return False
+
+
 def build_layer(
     alias: str, entry: Mapping[str, Any], *, config_key: str = "CONFIG"
 ) -> BaseChannelLayer:
     """A new layer from one ``CHANNEL_LAYERS`` entry (``{"BACKEND": ..., "CONFIG": {...}}``).
 
-    ``alias`` is used only in error messages. The entry is checked before anything is built:
+    ``alias`` names the layer in error messages, and is given to a roomcast layer that takes an
+    ``alias`` option (the Redis layer reports its readiness under it) unless the options set
+    one. The entry is checked before anything is built:
     its keys (``BACKEND``, ``CONFIG`` and Channels' ``TEST_CONFIG``), that ``BACKEND`` imports
     and is a layer class (Channels' layer methods), and that every key of the options is a
     keyword its constructor takes. The options are ``entry[config_key]``: ``CONFIG``, or
@@ -337,6 +360,8 @@ def build_layer(
                 f"{where}[{config_key!r}]: option names must be str, got {key!r}"
             )
     _check_options(alias, path, backend, config, config_key)
+    if "alias" not in config and _takes_alias(backend):
+        config = {**config, "alias": alias}
     try:
         return backend(**config)
     except LayerConfigError as exc:

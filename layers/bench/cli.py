@@ -8,7 +8,12 @@ Examples::
         --config '{"hosts": ["redis://127.0.0.1:6379/0"]}' --json out.json --plot out.png
 
 Several ``--layer``/``--backend`` run interleaved, round by round, and the table gives ratios
-against the first. ``--config`` belongs to the ``--backend`` before it. A bad URL, backend or
+against the first. ``--config`` belongs to the ``--backend`` before it. ``--history [SIZE]``
+measures every one of them twice, interleaved: as given, and with history on the benchmark's
+groups (``{"bench.*": {"size": SIZE}}``, 100 by default), named ``<name> +history``::
+
+    layer-bench --layer redis://127.0.0.1:6379/0 --history --processes 4 --group-sizes 1,100,1000
+ A bad URL, backend or
 option, or an unreachable Redis, ends with one ``layer-bench: error:`` line: status 2 for a
 usage mistake, 1 when something could not be reached or failed while running.
 """
@@ -29,7 +34,7 @@ from . import report
 from .board import Board
 from .redis_stats import RedisProbe, ceiling
 from .scenarios import SCENARIOS, Pool, Settings, measure, plan
-from .targets import BenchError, Target, from_backend, from_layer, unique_names
+from .targets import BenchError, Target, from_backend, from_layer, unique_names, with_history
 
 PACKAGES = ("roomcast", "redis", "hiredis", "msgpack", "uvloop", "channels", "channels_redis")
 
@@ -148,6 +153,16 @@ def build_parser() -> argparse.ArgumentParser:
         action=_NameAction,
         metavar="LABEL",
         help="what the table calls the --layer or --backend before it",
+    )
+    what.add_argument(
+        "--history",
+        type=_positive_int,
+        nargs="?",
+        const=100,
+        default=None,
+        metavar="SIZE",
+        help="measure every layer also with history on the benchmark's groups (their last "
+        "SIZE messages, default 100), interleaved, as '<name> +history'",
     )
     how = parser.add_argument_group("workload")
     how.add_argument(
@@ -367,6 +382,10 @@ def run(argv: Sequence[str] | None = None) -> int:
         if name:
             target.name = name[0]
         targets.append(target)
+    if args.history is not None:
+        targets = [
+            twin for target in targets for twin in (target, with_history(target, args.history))
+        ]
     unique_names(targets)
     settings = Settings(
         scenarios=args.scenarios,
@@ -381,6 +400,7 @@ def run(argv: Sequence[str] | None = None) -> int:
         sender=args.sender,
         loop=args.loop,
         hiredis=not args.no_hiredis,
+        history=args.history,
     )
     if settings.loop == "uvloop":
         try:

@@ -8,9 +8,11 @@ JSON document (``--json FILE``), schema ``roomcast.layer-bench/1``; checked by
 ``environment``  ``python``, ``platform``, ``cpus``, ``packages`` (name -> version or null)
 ``settings``     the options: ``scenarios``, ``group_sizes``, ``processes``, ``senders``,
                  ``payload_bytes``, ``messages``, ``duration``, ``rounds``, ``window``,
-                 ``sender``, ``loop``, ``hiredis``
-``targets``      one object per ``--layer``/``--backend`` in order: ``name``, ``backend``,
-                 ``in_process``, ``redis_hosts``, ``loop``, ``hiredis`` (what the workers used)
+                 ``sender``, ``loop``, ``hiredis``, ``history`` (``--history`` SIZE or null)
+``targets``      one object per ``--layer``/``--backend`` in order (with ``--history``, each
+                 followed by its ``+history`` twin): ``name``, ``backend``, ``in_process``,
+                 ``redis_hosts``, ``history`` (the ``history`` option its groups got, or
+                 null), ``loop``, ``hiredis`` (what the workers used)
 ``runs``         every measurement: ``target``, ``round``, ``scenario`` (fanout, p2p, latency),
                  ``kind`` (``group_send`` or ``send``), ``group_size`` (group_send) or ``pairs``
                  (send), ``processes``, ``sender``, ``senders``, ``window``, ``sent``,

@@ -61,6 +61,7 @@ class Settings:
     sender: str = "separate"  # or "member"
     loop: str = "asyncio"
     hiredis: bool = True
+    history: int | None = None  # --history SIZE: every target also with history on its groups
 
     def as_dict(self) -> dict[str, Any]:
         return dict(vars(self))

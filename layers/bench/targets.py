@@ -21,6 +21,8 @@ from typing import Any
 from ..exceptions import LayerConfigError
 from ..settings import layer_config_from_url, resolve_channel_layers
 
+HISTORY_PATTERN = "bench.*"  # the benchmark's group names: bench.<random>.<size>
+
 LAYER_METHODS = ("send", "receive", "new_channel", "group_add", "group_discard", "group_send")
 # Layers whose state lives in one process: their members and senders share one process.
 _IN_PROCESS_HINT = "InMemory"
@@ -51,7 +53,26 @@ class Target:
             "backend": self.backend,
             "in_process": self.in_process,
             "redis_hosts": [host_label(host) for host in self.redis_hosts],
+            "history": self.spec.get("history"),
         }
+
+
+def with_history(target: Target, size: int) -> Target:
+    """``target`` with history on the benchmark's groups (their last ``size`` messages), named
+    ``"<name> +history"``: ``--history`` measures both, interleaved."""
+    history = {HISTORY_PATTERN: {"size": size}}
+    twin = Target(
+        name=f"{target.name} +history",
+        backend=target.backend,
+        config={**target.config, "history": history},
+        spec={**target.spec, "history": history},
+        in_process=target.in_process,
+        redis_hosts=list(target.redis_hosts),
+    )
+    layer = build(twin.spec)  # fail now, in one line
+    if "history" not in getattr(layer, "extensions", ()):
+        raise BenchError(f"--history: {target.backend} keeps no group history", 2)
+    return twin
 
 
 def host_label(host: Any) -> str:
@@ -104,6 +125,8 @@ def build(spec: dict[str, Any]) -> Any:
     config = entry.get("CONFIG") or {}
     if not isinstance(config, dict):
         raise BenchError(f"CONFIG of {entry['BACKEND']} must be a JSON object", 2)
+    if spec.get("history") is not None:  # --history: the benchmark's groups keep history
+        config = {**config, "history": spec["history"]}
     try:
         layer = backend(**config)
     except (TypeError, ValueError) as exc:  # unknown option, bad value (LayerConfigError)

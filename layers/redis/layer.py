@@ -20,6 +20,10 @@ Design (after Phoenix PubSub and Centrifugo):
 * Keys of one operation share a hash tag (see :mod:`roomcast.layers.redis.wire`): Redis Cluster with
   sharded pub/sub can follow without a redesign. Several ``hosts`` shard groups, inboxes and
   plain channels by a consistent hash (:mod:`roomcast.layers.redis.sharding`).
+* Groups with history (the ``history`` option) keep their last messages in a capped stream on
+  the group's hash tag, and every copy carries its position (:mod:`~roomcast.layers.redis.history`);
+  each process hands its members a history group's messages in offset order and fills what its
+  subscription missed from the stream (:mod:`~roomcast.layers.redis.healing`).
 
 Connections: a fixed few per process and host, whatever the load, all opened by the layer
 itself (:mod:`~roomcast.layers.redis.link`): one pipelined connection for every non-blocking
@@ -47,57 +51,100 @@ and is made once it can (reconciled from local state). Each process heartbeats
 ``liveness_timeout`` seconds (15 by default) are ignored by ``group_members()`` and swept from
 Redis, so the members of a gateway killed with SIGKILL vanish within that bound.
 
-What is lost when, and in which order things arrive:
+What is lost when, and in which order things arrive. The last column is for groups with history
+(``CONFIG["history"]``, :mod:`~roomcast.layers.redis.history`: a capped stream per group, one
+script per ``group_send``; :mod:`~roomcast.layers.redis.healing`: each process fills the holes
+of its subscriptions from the stream). "Resumable" is a consumer using
+:class:`~roomcast.consumers.resume.ResumableGroupsMixin`. Figures: ``tests/outages/``.
 
-========================================  ===================================================
-event                                     consequence
-========================================  ===================================================
-``send`` to a full channel                ``ChannelFull`` raised, nothing written. For a
-                                          channel of another process "full" means that
-                                          process's inbox holds ``capacity`` unread entries
-                                          (as in channels_redis); a message that then finds
-                                          its local buffer full is dropped and counted there.
-``group_send``, member's buffer full      dropped for that member, ``counters.dropped`` += 1
-message older than ``expiry``             never delivered (``counters.expired``); clocks of
-                                          the processes are assumed to agree within seconds
-Redis unreachable for less than           calls wait and complete; a ``group_send`` made
-``retry_timeout``                         meanwhile is delivered after the outage
-Redis unreachable for longer              the waiting calls raise ``LayerConnectionError``
-                                          (nothing was written for them); receivers and the
-                                          background readers keep waiting
-connection lost with a ``send`` or        that call raises ``LayerConnectionError`` at once:
-``group_send`` in flight (restart,        Redis may or may not have run it, and writing it
-``CLIENT KILL``, failover)                again could deliver it twice; membership records,
-                                          reads and heartbeats in flight are written again
-process disconnected from Redis when a    that process misses the message (pub/sub keeps no
-group message is published                backlog); it resubscribes from its own state on
-                                          reconnect
-Redis restarts (no persistence)           inbox and plain-channel entries not yet read are
-                                          lost; memberships survive in each process's memory,
-                                          subscriptions are restored and membership records
-                                          re-recorded at the next heartbeat; the records of
-                                          plain-channel members are lost
-a failover (Sentinel)                     as a restart, for what the new master had not
-                                          replicated; links ask the Sentinels for the master
-                                          again and refuse a replica
-``group_add`` of another process's        takes effect when that process reads its inbox
-channel                                   (normally well under a millisecond); group messages
-                                          published before that miss the new member
-``group_discard`` while Redis is down     local membership gone at once (no more messages);
-                                          the record is removed when Redis is back
-cancelling ``receive()`` on a plain       nothing lost: an entry already popped is pushed
-channel                                   back to the head of the list for the next receiver
-a process dies (SIGKILL)                  what it had popped and not yet handed over is lost;
-                                          its members vanish from ``group_members()`` within
-                                          ``liveness_timeout`` and their records are swept
-========================================  ===================================================
+==========================  ===================================  ===================================
+event                       without history                      with history
+==========================  ===================================  ===================================
+``send`` to a full channel  ``ChannelFull`` raised, nothing      the same (history keeps group
+                            written. For a channel of another    messages only)
+                            process "full" means that
+                            process's inbox holds ``capacity``
+                            unread entries (as in
+                            channels_redis); a message that
+                            then finds its local buffer full is
+                            dropped and counted there.
+``group_send``, member's    dropped for that member,             the same for the live copy; a
+buffer full                 ``counters.dropped`` += 1            resumable member sees the offset
+                                                                 jump and fills it from the history
+message older than          never delivered                      the same, for a live or a healed
+``expiry``                  (``counters.expired``); clocks of    copy (by its time of sending); it
+                            the processes are assumed to agree   stays in the stream for resumes
+                            within seconds
+Redis unreachable for less  calls wait and complete; a           the same
+than ``retry_timeout``      ``group_send`` made meanwhile is
+                            delivered after the outage
+Redis unreachable for       the waiting calls raise              the same; ``group_history`` and
+longer                      ``LayerConnectionError`` (nothing    ``group_position`` raise too (a
+                            was written for them); receivers     resuming consumer closes 1013)
+                            and the background readers keep
+                            waiting
+connection lost with a      that call raises                     the same; if Redis ran it, the
+``send`` or ``group_send``  ``LayerConnectionError`` at once:    message has its offset and is in
+in flight (restart,         Redis may or may not have run it,    the stream, and the processes
+``CLIENT KILL``, failover)  and writing it again could deliver   deliver it (healing)
+                            it twice; membership records,
+                            reads and heartbeats in flight are
+                            written again
+process disconnected from   that process misses the message      nothing lost: once subscribed
+Redis when a group message  (pub/sub keeps no backlog); it       again the process reads what it
+is published (``CLIENT      resubscribes from its own state on   missed from the stream and hands it
+KILL TYPE pubsub``, a       reconnect                            on first, in order, once, while the
+restart, a failover, a                                           stream holds it (``size``,
+network blip)                                                    ``ttl``); else it goes on and
+                                                                 counts it (``stats()
+                                                                 ["history_missed"]``), and a
+                                                                 resumable member reports
+                                                                 ``recovered: false``
+Redis restarts (no          inbox and plain-channel entries not  the history is lost: a new epoch
+persistence)                yet read are lost; memberships       (``stats()["history_epochs_
+                            survive in each process's memory,    lost"]``); resumes from before it
+                            subscriptions are restored and       answer ``recovered: false``;
+                            membership records re-recorded at    nothing is delivered twice
+                            the next heartbeat; the records of
+                            plain-channel members are lost
+a failover (Sentinel)       as a restart, for what the new       a new epoch too (the fence: the new
+                            master had not replicated; links     master is another server), so
+                            ask the Sentinels for the master     resumes answer ``recovered: false``
+                            again and refuse a replica           instead of reusing offsets; what
+                                                                 the old master took was published
+                                                                 live, what the new one takes
+                                                                 reaches every member
+``group_add`` of another    takes effect when that process       the same; for a process's own
+process's channel           reads its inbox (normally well       channel ``group_add`` returns once
+                            under a millisecond); group          the group's position is read, and
+                            messages published before that       every later message reaches it
+                            miss the new member
+``group_discard`` while     local membership gone at once (no    the same
+Redis is down               more messages); the record is
+                            removed when Redis is back
+cancelling ``receive()`` on nothing lost: an entry already       the same
+a plain channel             popped is pushed back to the head
+                            of the list for the next receiver
+a process dies (SIGKILL)    what it had popped and not yet       the same for its members; their
+                            handed over is lost; its members     clients resume from the stream on
+                            vanish from ``group_members()``      any process, nothing lost while the
+                            within ``liveness_timeout`` and      history holds it
+                            their records are swept
+==========================  ===================================  ===================================
 
 Order: messages from one sender to one channel arrive in the order sent when the sender awaits
 each call (the API's normal use): sends through the inbox or list (FIFO), group messages
 through one pub/sub stream per process. A ``send`` and a ``group_send`` keep their relative
 order when the receiver is in the sender's process (both are local appends); across processes
 they travel different paths and may swap. Calls made concurrently by one process go out on one
-connection in the order they were made.
+connection in the order they were made. A history group's messages reach every member of every
+process in offset order, the order Redis ran the sends in, whoever sent them: one total order
+per group.
+
+Costs of history (``layer-bench --history``, ``docs/history.md``): one script per
+``group_send`` whatever the group size. Groups without history send the same commands and
+bytes as before; their ``group_send`` adds one check (and one dict lookup when ``history``
+names other groups), their receive path nothing.
 """
 
 from __future__ import annotations
@@ -108,11 +155,11 @@ import secrets
 import time
 from _thread import get_ident
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import Any, NamedTuple, TypeVar
+from typing import Any, ClassVar, NamedTuple, TypeVar
 
 from redis.exceptions import RedisError
 
-from ..base import BaseChannelLayer
+from ..base import UNDECIDED, BaseChannelLayer, HistoryConfig
 from ..exceptions import (
     ChannelFull,
     InvalidChannelName,
@@ -120,11 +167,14 @@ from ..exceptions import (
     LayerConnectionError,
     UndecodableMessage,
 )
+from ..history import HistoryPolicy, HistoryResult, StreamPosition, stamp, stamp_payload
 from ..local import LocalChannels, LocalGroups, Payload, shareable, unpack
 from ..serializers import DEFAULT_MAX_MESSAGE_SIZE, MessageCodec
 from . import resp, scripts, wire
 from .blocking import PlainReader
+from .healing import GapHealer
 from .health import Health
+from .history import MARK, Read, RedisHistories, unpack_published
 from .hosts import HostSpec, parse_hosts
 from .inbox import InboxReader
 from .link import RespLink
@@ -175,8 +225,12 @@ class RedisChannelLayer(BaseChannelLayer):
     swept; default 15, between 0.5 and 3600) and ``alias`` (the name this layer
     reports its readiness under; ``CHANNEL_LAYERS``'s alias when built from settings, else
     ``prefix``). ``subscribe_timeout`` bounds how long ``group_add`` waits for Redis to confirm
-    a subscription (default: ``retry_timeout``).
+    a subscription (default: ``retry_timeout``). ``history``: the group histories of issue 13
+    (:mod:`roomcast.layers.history`; on Redis :mod:`~roomcast.layers.redis.history` and
+    :mod:`~roomcast.layers.redis.healing`).
     """
+
+    extensions: ClassVar[list[str]] = ["groups", "flush", "history"]
 
     def __init__(
         self,
@@ -193,6 +247,7 @@ class RedisChannelLayer(BaseChannelLayer):
         retry_timeout: float = DEFAULT_RETRY_TIMEOUT,
         liveness_timeout: float = DEFAULT_LIVENESS_TIMEOUT,
         alias: str | None = None,
+        history: HistoryConfig | None = None,
     ) -> None:
         super().__init__(
             expiry=expiry,
@@ -200,6 +255,7 @@ class RedisChannelLayer(BaseChannelLayer):
             capacity=capacity,
             channel_capacity=channel_capacity,
             max_message_size=max_message_size,
+            history=history,
         )
         if not isinstance(prefix, str) or not PREFIX_RE.match(prefix):
             raise LayerConfigError(
@@ -251,6 +307,16 @@ class RedisChannelLayer(BaseChannelLayer):
         # (group, channel) whose record removal waits for Redis, per shard
         self._unrecorded: dict[int, dict[tuple[str, str], None]] = {}
         self.last_group_receivers = 0  # processes the last group_send's PUBLISH reached
+        self._histories = RedisHistories(self)  # history groups (issue 13)
+        self._healer = GapHealer(
+            deliver=self._fan_out,
+            read=self._heal_read,
+            unseal=self._unseal,
+            subscribed=self._is_subscribed,
+            spawn=self._spawn,
+            expiry=self.expiry,
+            counters=self.counters,
+        )
 
     # Plumbing ----------------------------------------------------------------------------
 
@@ -303,6 +369,15 @@ class RedisChannelLayer(BaseChannelLayer):
         except LOST_CONNECTION as exc:
             raise self._unreachable(shard, exc) from exc
 
+    async def _run_fenced(
+        self, script: scripts.Script, shard: int, keys: list[str], args: list[Any], *, retry: bool
+    ) -> Any:
+        """One fenced script run on ``shard`` (history; on the home loop)."""
+        try:
+            return await self._pipes[shard].run_fenced(script, keys, args, retry=retry)
+        except LOST_CONNECTION as exc:
+            raise self._unreachable(shard, exc) from exc
+
     async def _execute(self, shard: int, *command: bytes | str | int) -> Any:
         """One plain command on ``shard`` (on the home loop); server errors are raised."""
         try:
@@ -333,6 +408,7 @@ class RedisChannelLayer(BaseChannelLayer):
                     health,
                     self.retry_timeout,
                     name=f"roomcast:{self.prefix}:{self.process_id}:cmd{shard}",
+                    fence=bool(self.history),
                 )
                 for shard, host in enumerate(self.hosts)
             ]
@@ -359,6 +435,7 @@ class RedisChannelLayer(BaseChannelLayer):
             self._inbox.start()
             self._subscribers = {}
             self._plain = {}
+            self._healer.restart()
             wanted = {wire.group_key(self.prefix, group) for group in self._groups}
             for channel in wanted:  # a new loop: restore subscriptions from local state
                 self._spawn(self._subscriber(self._shard(self._group_of(channel))).add(channel))
@@ -403,6 +480,7 @@ class RedisChannelLayer(BaseChannelLayer):
                 name=f"roomcast:{self.prefix}:{self.process_id}:sub{shard}",
                 shard=shard,
                 health=self.health,
+                on_subscribed=self._on_subscribed,
             )
             subscriber.start()
         return subscriber
@@ -443,6 +521,7 @@ class RedisChannelLayer(BaseChannelLayer):
         subscriber = self._subscribers.get(self._shard(group))
         if subscriber is not None:
             subscriber.remove(wire.group_key(self.prefix, group))
+        self._healer.forget(group)
 
     async def _join(self, group: str, channel: str) -> None:
         first = self._groups.add(group, channel, time.monotonic())
@@ -458,7 +537,11 @@ class RedisChannelLayer(BaseChannelLayer):
         key = wire.group_key(self.prefix, group)
         wait = self.subscribe_timeout
         try:
-            await asyncio.wait_for(self._subscriber(shard).add(key), wait)
+            if self.history and self.history_policy(group) is not None:
+                self._healer.track(group)  # its first read follows the subscription's confirmation
+                await asyncio.wait_for(self._subscribed_with_history(shard, key, group), wait)
+            else:
+                await asyncio.wait_for(self._subscriber(shard).add(key), wait)
         except TimeoutError:
             self.health.call_failed(shard)
             raise LayerConnectionError(
@@ -466,6 +549,10 @@ class RedisChannelLayer(BaseChannelLayer):
                 f"to group {group!r} within {wait:g} s; the membership stands and the "
                 f"subscription will be made when Redis answers"
             ) from None
+
+    async def _subscribed_with_history(self, shard: int, key: str, group: str) -> None:
+        await self._subscriber(shard).add(key)
+        await self._healer.started(group)  # messages sent after group_add returns reach it
 
     def _leave(self, group: str, channel: str) -> None:
         if self._groups.discard(group, channel):
@@ -482,11 +569,59 @@ class RedisChannelLayer(BaseChannelLayer):
             return  # delivered locally when it was sent
         remaining = expires - time.time()
         if remaining <= 0:
+            # A history group's message starts with 0x00, its position next: read as a plain
+            # message it seems long expired (a double starting 0x00 is < 1e-300), and its
+            # "sender" holds the position's ':' (never a process id, which is hex). So plain
+            # groups pay nothing for this test.
+            if data[:1] == MARK:
+                self._on_history_message(pubsub_channel, data)
+                return
             self.counters.expired += 1
             return
         payload = self._unseal(sealed)
         if payload is not None:
             self._fan_out(self._group_of(pubsub_channel), time.monotonic() + remaining, payload)
+
+    def _on_history_message(self, pubsub_channel: str, data: bytes) -> None:
+        group = self._group_of(pubsub_channel)
+        try:
+            if self._healer.on_published(group, data):  # in offset order, holes filled
+                return
+            published = unpack_published(data)
+        except ValueError:
+            self.counters.rejected += 1
+            logger.warning("group %s: discarded a malformed history message", pubsub_channel)
+            return
+        # A group this process keeps no history for (configured otherwise elsewhere): as is.
+        remaining = published.expires - time.time()
+        if published.sender == self._process_id_bytes:
+            return
+        if remaining <= 0:
+            self.counters.expired += 1
+            return
+        payload = self._unseal(published.sealed)
+        if payload is not None:
+            try:
+                stamped = stamp_payload(payload, stamp(group, published.epoch, published.offset))
+            except (ValueError, IndexError):
+                self.counters.rejected += 1
+                return
+            self._fan_out(group, time.monotonic() + remaining, stamped)
+
+    def _on_subscribed(self, pubsub_channel: str) -> None:
+        if self.history:
+            self._healer.on_subscribed(self._group_of(pubsub_channel))
+
+    def _is_subscribed(self, group: str) -> bool:
+        subscriber = self._subscribers.get(self._shard(group))
+        return subscriber is not None and subscriber.confirmed(wire.group_key(self.prefix, group))
+
+    async def _heal_read(self, group: str, since: StreamPosition | None) -> Read:
+        """The stream of a history group after ``since`` (None: only its position)."""
+        policy = self.history_policy(group)
+        if policy is None:  # the configuration says no history for it: nothing to read
+            raise LookupError(f"group {group!r} keeps no history")
+        return await self._histories.read(group, policy, since, 0 if since is None else -1)
 
     def _on_inbox_entry(self, data: bytes) -> None:
         try:
@@ -751,6 +886,12 @@ class RedisChannelLayer(BaseChannelLayer):
     async def group_send(self, group: str, message: dict[str, Any]) -> None:
         self.require_valid_group_name(group)
         payload = self._codec.encode(message)
+        if self.history:  # history configured: this group's policy, decided once (issue 13)
+            policy = self._history_policies.get(group, UNDECIDED)
+            if policy is UNDECIDED:
+                policy = self.history_policy(group)
+            if policy is not None:
+                return await self._history_send(group, policy, payload)
         if not self._at_home():
             return await self._on_home(lambda: self._group_send(group, payload))
         await self._group_send(group, payload)
@@ -773,6 +914,11 @@ class RedisChannelLayer(BaseChannelLayer):
             self._fan_out(group, time.monotonic() + self.expiry, payload)
         if external:
             await self._push_external([member.decode() for member in external], sealed, now)
+
+    async def _history_send(self, group: str, policy: HistoryPolicy, payload: bytes) -> None:
+        if not self._at_home():
+            return await self._on_home(lambda: self._histories.send(group, policy, payload))
+        await self._histories.send(group, policy, payload)
 
     async def _push_external(self, channels: list[str], sealed: bytes, now: float) -> None:
         """Deliver a group message to plain-channel members: one push each, full ones dropped."""
@@ -889,7 +1035,26 @@ class RedisChannelLayer(BaseChannelLayer):
             "unrecorded_discards": sum(len(waiting) for waiting in self._unrecorded.values()),
             "outages": self.health.outages,
             "swept_processes": self._liveness.swept if self._liveness is not None else 0,
+            **{f"history_{name}": value for name, value in vars(self._healer.stats).items()},
         }
+
+    # History (issue 13; see roomcast.layers.redis.history) -------------------------------
+
+    async def _read_history(
+        self,
+        group: str,
+        policy: HistoryPolicy,
+        since: StreamPosition | None,
+        limit: int | None,
+    ) -> HistoryResult:
+        if not self._at_home():
+            return await self._on_home(lambda: self._histories.history(group, policy, since, limit))
+        return await self._histories.history(group, policy, since, limit)
+
+    async def _history_position(self, group: str, policy: HistoryPolicy) -> StreamPosition:
+        if not self._at_home():
+            return await self._on_home(lambda: self._histories.position(group, policy))
+        return await self._histories.position(group, policy)
 
     async def close(self) -> None:
         """Stop the readers and close the connections."""

@@ -77,6 +77,7 @@ class RespLink(asyncio.Protocol):
         self._lost: asyncio.Future[BaseException] = self._loop.create_future()
         self.last_read = self._loop.time()
         self.client_id: int | None = None  # CLIENT ID, when open() was asked for it
+        self.run_id = b""  # the server's INFO run_id, when open() was asked for it and got it
         self.closed = False
 
     @classmethod
@@ -86,9 +87,14 @@ class RespLink(asyncio.Protocol):
         *,
         name: str | None = None,
         want_id: bool = False,
+        want_run_id: bool = False,
         use_hiredis: bool | None = None,
     ) -> RespLink:
         """Connect (one attempt, bounded by the host's connect timeout) and greet the server.
+
+        ``want_run_id`` adds ``INFO server`` to the greeting and keeps the server's ``run_id``
+        (it changes with every start of the server, and a promoted replica has its own): the
+        history scripts' fence. A server that refuses INFO leaves it empty (no fence).
 
         Raises :class:`~redis.exceptions.ConnectionError` (or ``OSError``, ``TimeoutError``)
         when the server cannot be reached or refuses the greeting.
@@ -118,7 +124,7 @@ class RespLink(asyncio.Protocol):
                     if sock is not None:
                         sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
                 try:
-                    await link._greet(address, name, want_id)
+                    await link._greet(address, name, want_id, want_run_id)
                 except BaseException:
                     link.close()
                     raise
@@ -133,7 +139,9 @@ class RespLink(asyncio.Protocol):
         sock = transport.get_extra_info("socket") if transport is not None else None
         return sock if isinstance(sock, socket.socket) else None
 
-    async def _greet(self, address: Address, name: str | None, want_id: bool) -> None:
+    async def _greet(
+        self, address: Address, name: str | None, want_id: bool, want_run_id: bool = False
+    ) -> None:
         username, password = address.username, address.password
         if address.credential_provider is not None:
             credentials = await address.credential_provider.get_credentials_async()
@@ -166,19 +174,24 @@ class RespLink(asyncio.Protocol):
         if want_id:
             commands.append(resp.pack("CLIENT", "ID"))
             checked.append("CLIENT ID")
+        if want_run_id:
+            commands.append(resp.pack("INFO", "server"))
+            checked.append("INFO")
         if not commands:
             return
         replies = await self.request(b"".join(commands), len(commands))
         for what, reply in zip(checked, replies, strict=True):
             if isinstance(reply, BaseException):
-                if what == "setname":
-                    continue  # a managed Redis may forbid it: the name is only a courtesy
+                if what in ("setname", "INFO"):
+                    continue  # a managed Redis may forbid them: a courtesy, and a fence
                 raise HandshakeError(f"{self.description} refused {what}: {reply}")
             if what == "ROLE" and (not reply or reply[0] != b"master"):
                 role = reply[0].decode() if reply else "unknown"
                 raise HandshakeError(f"{self.description} is a {role}, not the master")
             if what == "CLIENT ID":
                 self.client_id = int(reply)
+            if what == "INFO":
+                self.run_id = _run_id(reply)
 
     # Requests -----------------------------------------------------------------------------
 
@@ -344,6 +357,13 @@ class RespLink(asyncio.Protocol):
             callback(result)
         except Exception:  # one owner's bug must not break the others' replies
             logger.exception("reply callback of %s failed", self.description)
+
+
+def _run_id(info: Any) -> bytes:
+    """The ``run_id`` line of an ``INFO server`` reply (bytes, or str from some readers)."""
+    text = info.encode() if isinstance(info, str) else bytes(info or b"")
+    _, found, rest = text.partition(b"run_id:")
+    return rest.split(b"\r\n", 1)[0].strip() if found else b""
 
 
 def _where(host: HostSpec, address: Address) -> str:

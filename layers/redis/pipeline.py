@@ -41,6 +41,11 @@ restarting server, a demoted master)        pause, or on a new connection that a
                                             until every batch in flight has come back, so
                                             the re-runs keep their order
 ==========================================  ================================================
+
+**Fenced scripts** (:meth:`Pipeline.run_fenced`, the history scripts): with ``fence=True`` each
+connection's greeting also asks ``INFO server``, and a fenced call gets the server's ``run_id``
+as its last argument when it is written, whichever connection that is. Plain calls are
+untouched.
 """
 
 from __future__ import annotations
@@ -67,6 +72,7 @@ MAX_BATCH = 1024  # calls written in one batch
 RECONNECT_BASE = 0.05
 RECONNECT_CAP = 1.0
 LOADING_PAUSE = 0.2  # seconds before commands answered LOADING are written again
+FENCE_LENGTH = 16  # characters of the server's run_id that fenced scripts get (64 bits)
 
 
 class Unreachable(RedisConnectionError):
@@ -103,6 +109,34 @@ class Call:
         return b"*%d\r\n%s%s" % (self.count + 2, head, self.body)
 
 
+class FencedCall(Call):
+    """A fenced script's run: its last argument, the identity of the server of the connection
+    it is written on, is added as it is written (so a call queued across a reconnection, or
+    written again after one, carries the new server's)."""
+
+    __slots__ = ("pipeline",)
+
+    def __init__(
+        self,
+        pipeline: Pipeline,
+        future: asyncio.Future[Any],
+        deadline: float,
+        body: bytes,
+        count: int,
+        script: Script,
+        retry: bool,
+    ) -> None:
+        super().__init__(future, deadline, body, count, script, retry)
+        self.pipeline = pipeline
+
+    def data(self, use_eval: bool) -> bytes:
+        script = self.script
+        assert script is not None
+        head = script.eval_head if use_eval else script.evalsha_head
+        fence = self.pipeline._fence
+        return b"*%d\r\n%s%s%s" % (self.count + 3, head, self.body, fence)
+
+
 class Pipeline:
     """The queue and connection of one host; see the module docstring."""
 
@@ -114,6 +148,7 @@ class Pipeline:
         retry_timeout: float,
         *,
         name: str,
+        fence: bool = False,
     ) -> None:
         self._host = host
         self._shard = shard
@@ -136,6 +171,9 @@ class Pipeline:
         self._closed = False
         self._last_error: BaseException | None = None
         self.reconnects = 0
+        # ``fence``: learn each connection's server identity (run_id) for fenced scripts
+        self._want_fence = fence
+        self._fence = bulk(b"")
 
     # Calls --------------------------------------------------------------------------------
 
@@ -154,6 +192,32 @@ class Pipeline:
             Call(future, self._loop.time() + self.retry_timeout, body, count, script, retry)
         )
         return future
+
+    def submit_fenced(
+        self, script: Script, count: int, body: bytes, *, retry: bool
+    ) -> asyncio.Future[Any]:
+        """:meth:`submit_script` for a fenced script: the identity of the server it is written
+        to goes after ``body`` (see :class:`~roomcast.layers.redis.scripts.Script`)."""
+        future: asyncio.Future[Any] = self._loop.create_future()
+        deadline = self._loop.time() + self.retry_timeout
+        self._enqueue(FencedCall(self, future, deadline, body, count, script, retry))
+        return future
+
+    async def run_fenced(
+        self, script: Script, keys: list[str], args: list[Any], *, retry: bool
+    ) -> Any:
+        """Run a fenced script: ``args``, then the identity of the server it is written to."""
+        body = bulk(b"%d" % len(keys)) + b"".join(
+            [bulk(arg if arg.__class__ is bytes else str(arg).encode()) for arg in (*keys, *args)]
+        )
+        if not self.has_room or self._room:
+            await self.wait_for_room()
+        return await self.submit_fenced(script, len(keys) + len(args) + 1, body, retry=retry)
+
+    @property
+    def waiting_for_room(self) -> bool:
+        """Callers wait for room (a new call must queue behind them: FIFO)."""
+        return bool(self._room)
 
     def submit(
         self, command: bytes, *, retry: bool = True, urgent: bool = False
@@ -444,7 +508,9 @@ class Pipeline:
                     delay = min(RECONNECT_CAP, RECONNECT_BASE * 2 ** min(failures, 16))
                     await asyncio.sleep(random.uniform(delay / 2, delay))
                 try:
-                    link = await RespLink.open(self._host, name=self._name)
+                    link = await RespLink.open(
+                        self._host, name=self._name, want_run_id=self._want_fence
+                    )
                 except LOST_CONNECTION as exc:
                     failures += 1
                     self._last_error = exc
@@ -460,6 +526,7 @@ class Pipeline:
                     link.close()
                     return
                 self._link = link
+                self._fence = bulk(link.run_id[:FENCE_LENGTH])
                 self._loop.create_task(self._watch_link(link))
                 if failures or error is not None:
                     self.reconnects += 1
@@ -524,4 +591,4 @@ def _ignore(future: asyncio.Future[Any]) -> None:
         future.exception()
 
 
-__all__ = ["MAX_QUEUED", "Call", "Pipeline", "Unreachable", "logger"]
+__all__ = ["MAX_QUEUED", "Call", "FencedCall", "Pipeline", "Unreachable", "logger"]

@@ -13,10 +13,17 @@ from .resp import bulk
 
 class Script:
     """A Lua script called by SHA (``EVALSHA``), sent in full (``EVAL``) only when the server
-    lacks it; :mod:`roomcast.layers.redis.pipeline` does the falling back."""
+    lacks it; :mod:`roomcast.layers.redis.pipeline` does the falling back.
 
-    def __init__(self, source: str) -> None:
+    A ``fenced`` script gets one argument more, last, written by the pipeline as it writes the
+    call: the identity of the server the connection is greeted by (its ``run_id``), so that the
+    script can tell a server that lost or never had what another one wrote (a restart, a
+    promoted replica). See :mod:`roomcast.layers.redis.history`.
+    """
+
+    def __init__(self, source: str, *, fenced: bool = False) -> None:
         self.source = source
+        self.fenced = fenced
         self.sha = hashlib.sha1(source.encode()).hexdigest()
         self.evalsha_head = bulk(b"EVALSHA") + bulk(self.sha.encode())
         self.eval_head = bulk(b"EVAL") + bulk(source.encode())

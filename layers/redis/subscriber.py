@@ -9,7 +9,9 @@ again. The wanted set is the process's own state, which is the truth that surviv
 restart.
 
 Messages published while this connection is down are lost for this process: pub/sub keeps no
-backlog. That is the at-most-once price of fan-out at O(processes).
+backlog. That is the at-most-once price of fan-out at O(processes). For groups with history the
+layer fills the hole: every confirmed (re)subscription is reported (``on_subscribed``) and the
+missed range is read from the group's stream (:mod:`roomcast.layers.redis.healing`).
 """
 
 from __future__ import annotations
@@ -43,9 +45,11 @@ class GroupSubscriber:
         name: str,
         shard: int,
         health: Health,
+        on_subscribed: Callable[[str], None] | None = None,
     ) -> None:
         self._host = host
         self._on_message = on_message
+        self._on_subscribed = on_subscribed  # a (re)subscription confirmed: history heals
         self._name = name
         self._shard = shard
         self._health = health
@@ -87,6 +91,11 @@ class GroupSubscriber:
             event = self._confirmed[channel] = asyncio.Event()
             self._send("SUBSCRIBE", channel)
         await event.wait()
+
+    def confirmed(self, channel: str) -> bool:
+        """Whether Redis has confirmed our subscription to ``channel`` on the live connection."""
+        event = self._confirmed.get(channel)
+        return event is not None and event.is_set()
 
     def remove(self, channel: str) -> None:
         event = self._confirmed.pop(channel, None)
@@ -187,3 +196,5 @@ class GroupSubscriber:
         event = self._confirmed.get(channel)
         if event is not None:
             event.set()
+            if self._on_subscribed is not None:
+                self._on_subscribed(channel)

@@ -23,7 +23,9 @@ Entries:
 * pub/sub message: ``>d`` expiry | 16-byte sender process id | payload. A process ignores its
   own messages: it has already delivered them to its local members.
 
-Payload is the msgpack message, Fernet-sealed when encryption keys are configured.
+Payload is the msgpack message, Fernet-sealed when encryption keys are configured. Groups with
+history have two keys more and their pub/sub message starts with its position: see
+:mod:`roomcast.layers.redis.history`.
 """
 
 from __future__ import annotations

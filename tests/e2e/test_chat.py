@@ -248,3 +248,179 @@ async def test_a_restart_on_the_in_memory_layer_is_told_not_recovered() -> None:
                 assert resumed["position"].partition(":")[0] != position.partition(":")[0]
                 assert (resumed["recovered"], resumed["replayed"]) == (False, 1)
                 assert await heard(alice) == "after the restart"
+
+
+# Resuming on the Redis layer (issue 13): two gateway processes, one history in Redis ----------
+#
+# The gateways name tests.e2e.chat_redis_history in ROOMCAST_SETTINGS: the example's settings
+# with its rooms' history on the Redis layer too (see that module).
+
+
+def redis_env(server: RedisServer, **extra: str) -> dict[str, str]:
+    return {
+        "ROOMCAST_LAYER_URL": f"{server.url}?prefix=chat",
+        "ROOMCAST_SETTINGS": "tests.e2e.chat_redis_history",
+        **extra,
+    }
+
+
+@pytest.fixture
+def redis_gateways(own_redis_server: RedisServer) -> Iterator[tuple[int, int]]:
+    env = redis_env(own_redis_server)
+    ports = free_port(), free_port()
+    with start_gateway(ports[0], env), start_gateway(ports[1], env):
+        yield ports
+
+
+async def test_on_redis_a_client_away_for_30_messages_resumes_on_the_other_gateway(
+    redis_gateways: tuple[int, int],
+) -> None:
+    """Alice leaves gateway A and comes back on gateway B while Bob (on A) keeps talking: the
+    replay comes from Redis, the live messages cross between the processes, no gap, no
+    duplicate."""
+    a, b = redis_gateways
+    async with join(a, "resume") as bob:
+        async with join(a, "resume", since="") as alice:
+            first = await report(alice)
+            assert (first["recovered"], first["replayed"]) == (True, 0)
+            for n in range(3):
+                await say(bob, f"m{n}")
+            seen = await hear_until(alice, "m2")
+        for n in range(3, 33):  # 30 messages while Alice is away
+            await say(bob, f"m{n}")
+        assert [await heard(bob) for _ in range(33)][-1] == "m32"
+
+        async def keep_talking() -> None:
+            for n in range(33, 63):
+                await say(bob, f"m{n}")
+                await asyncio.sleep(0.002)
+
+        talking = asyncio.create_task(keep_talking())
+        async with join(b, "resume", since=seen[-1]["position"]) as alice:
+            resumed = await report(alice)
+            assert resumed["recovered"] is True
+            assert resumed["replayed"] >= 30
+            frames = await hear_until(alice, "m62")
+            await talking
+        texts = [f["message"] for f in frames]
+        assert texts == [f"m{n}" for n in range(3, 63)]  # no gap, no duplicate, in order
+        assert offsets(frames) == list(range(offsets(seen)[-1] + 1, offsets(seen)[-1] + 61))
+
+
+async def test_on_redis_a_position_older_than_the_history_gets_the_current_history(
+    own_redis_server: RedisServer,
+) -> None:
+    env = redis_env(own_redis_server, CHAT_HISTORY_SIZE="20")
+    a, b = free_port(), free_port()
+    with start_gateway(a, env), start_gateway(b, env):
+        async with join(a, "small", since="") as alice:
+            old = (await report(alice))["position"]
+        async with join(b, "small") as bob:
+            for n in range(30):
+                await say(bob, f"m{n}")
+            assert [await heard(bob) for _ in range(30)][-1] == "m29"
+            async with join(a, "small", since=old) as alice:
+                resumed = await report(alice)
+                assert (resumed["recovered"], resumed["replayed"]) == (False, 20)
+                replayed = [await heard(alice) for _ in range(20)]
+                assert replayed == [f"m{n}" for n in range(10, 30)]
+                await say(bob, "live")
+                assert await heard(alice) == "live"
+
+
+async def test_on_redis_a_gateway_restart_loses_nothing_for_a_resuming_client(
+    own_redis_server: RedisServer,
+) -> None:
+    """SIGTERM closes Alice's socket (1012/1001); Bob, on the other gateway, keeps talking; a
+    new process on the same port resumes Alice from Redis: every message, once, recovered."""
+    env = redis_env(own_redis_server)
+    a, b = free_port(), free_port()
+    with start_gateway(b, env), start_gateway(a, env) as gateway:
+        async with join(b, "restart") as bob:
+            async with join(a, "restart", since="") as alice:
+                await report(alice)
+                await say(bob, "before")
+                position = (await frame(alice))["position"]
+                gateway.signal(signal.SIGTERM)
+                with pytest.raises(websockets.ConnectionClosed) as closed:
+                    await asyncio.wait_for(alice.recv(), 15)
+                assert closed.value.rcvd is not None
+                assert closed.value.rcvd.code in (1001, 1012)
+            assert gateway.wait(15) == 0
+            for n in range(10):  # said while gateway A is down
+                await say(bob, f"while down #{n}")
+            with start_gateway(a, env):
+                async with join(a, "restart", since=position) as alice:
+                    resumed = await report(alice)
+                    assert resumed["position"].partition(":")[0] == position.partition(":")[0]
+                    assert (resumed["recovered"], resumed["replayed"]) == (True, 10)
+                    frames = [await frame(alice) for _ in range(10)]
+                    assert [f["message"] for f in frames] == [f"while down #{n}" for n in range(10)]
+                    await say(bob, "after")
+                    assert await heard(alice) == "after"
+
+
+async def test_on_redis_a_redis_restart_is_told_not_recovered(
+    own_redis_server: RedisServer,
+) -> None:
+    """Redis restarted without persistence: the history is gone, a resume says so and gets
+    only what was said since, once."""
+    env = redis_env(own_redis_server)
+    a, b = free_port(), free_port()
+    with start_gateway(a, env), start_gateway(b, env):
+        async with join(a, "lost", since="") as alice:
+            await report(alice)
+            async with join(b, "lost") as bob:
+                await say(bob, "before")
+                position = (await frame(alice))["position"]
+        await asyncio.to_thread(own_redis_server.restart)
+        async with join(b, "lost") as bob:
+            await say(bob, "after the restart")
+            assert await heard(bob) == "after the restart"
+            async with join(a, "lost", since=position) as alice:
+                resumed = await report(alice)
+                assert resumed["position"].partition(":")[0] != position.partition(":")[0]
+                assert (resumed["recovered"], resumed["replayed"]) == (False, 1)
+                assert await heard(alice) == "after the restart"
+                await say(bob, "live")
+                assert await heard(alice) == "live"
+
+
+@pytest.mark.parametrize(
+    ("since", "says"),
+    [("garbage", "'<epoch>:<offset>'"), ("e:01", "decimal offset"), ("x" * 70 + ":1", "epoch")],
+)
+async def test_on_redis_a_malformed_position_is_closed_1008(
+    redis_gateways: tuple[int, int], since: str, says: str
+) -> None:
+    async with join(redis_gateways[0], "lobby", since=since) as client:
+        with pytest.raises(websockets.ConnectionClosedError) as closed:
+            await asyncio.wait_for(client.recv(), 5)
+    assert closed.value.rcvd is not None
+    assert closed.value.rcvd.code == 1008
+    assert closed.value.rcvd.reason.startswith("invalid position: ")
+    assert says in closed.value.rcvd.reason
+
+
+async def test_on_redis_a_forged_position_gets_only_its_own_rooms_history(
+    redis_gateways: tuple[int, int],
+) -> None:
+    """Another room's epoch, or an offset ahead of this room's: recovered false, and only this
+    room's own messages, from either gateway."""
+    a, b = redis_gateways
+    async with join(a, "secret") as insider:
+        await say(insider, "for insiders only")
+        assert await heard(insider) == "for insiders only"
+    async with join(b, "secret", since="") as probe:
+        secret_epoch = (await report(probe))["position"].partition(":")[0]
+    async with join(a, "public") as anyone:
+        await say(anyone, "hello public")
+        assert await heard(anyone) == "hello public"
+    async with join(b, "public", since="") as probe:
+        public = (await report(probe))["position"]
+    public_epoch, _, public_offset = public.partition(":")
+    for forged in (f"{secret_epoch}:1", f"{public_epoch}:{int(public_offset) + 5}"):
+        async with join(b, "public", since=forged) as forger:
+            resumed = await report(forger)
+            assert (resumed["recovered"], resumed["replayed"]) == (False, 1)
+            assert await heard(forger) == "hello public"

@@ -274,3 +274,44 @@ def test_schema_checker_finds_problems(tmp_path: Path) -> None:
     assert any("target 'ghost' is not in targets" in p for p in problems)
     assert any("latency_p50_ms" in p for p in problems)
     assert report.check_document([]) == ["document: not an object"]
+
+
+def test_history_measures_each_layer_twice(
+    tmp_path: Path, redis_server: RedisServer, redis_prefix: str
+) -> None:
+    """``--history``: each target as given and with history on the bench's groups, interleaved;
+    the history twin's group_sends are still one script each, and every copy is delivered."""
+    url = f"{redis_server.url}?prefix={redis_prefix}"
+    doc = run_bench(
+        tmp_path,
+        *("--layer", url, "--name", "redis", "--layer", "memory://", "--history", "20"),
+        *("--processes", "2", "--scenarios", "fanout", "--group-sizes", "3"),
+        *("--messages", "30"),
+    )
+    assert [t["name"] for t in doc["targets"]] == [
+        "redis",
+        "redis +history",
+        "memory://",
+        "memory:// +history",
+    ]
+    assert [t["history"] for t in doc["targets"]] == [None, {"bench.*": {"size": 20}}] * 2
+    assert doc["settings"]["history"] == 20
+    for name in ("redis", "redis +history", "memory://", "memory:// +history"):
+        (run,) = runs_of(doc, name, "fanout")
+        assert run["delivered"] == run["sent"] * 3 == 90
+    plain = runs_of(doc, "redis", "fanout")[0]["redis"]
+    history = runs_of(doc, "redis +history", "fanout")[0]["redis"]
+    assert plain["by_command"].get("xadd", 0) == 0
+    assert history["by_command"]["xadd"] >= 30  # every send kept: one script, one XADD each
+    assert history["by_command"]["evalsha"] >= 30
+
+
+def test_history_on_a_layer_without_history_is_one_line(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    status = main(["--backend", "channels.layers.InMemoryChannelLayer", "--history", *QUICK])
+    assert status == 2
+    error = capsys.readouterr().err.strip()
+    assert error.startswith("layer-bench: error:")
+    assert "\n" not in error
+    assert "history" in error

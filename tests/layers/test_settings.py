@@ -400,6 +400,42 @@ def test_build_layer_passes_config() -> None:
     assert layer.expiry == 1.5
 
 
+def test_build_layer_gives_the_redis_layer_its_alias() -> None:
+    """The Redis layer reports readiness under its CHANNEL_LAYERS alias (no connection made)."""
+    from roomcast.layers.redis import RedisChannelLayer
+
+    entry = {"BACKEND": REDIS_BACKEND, "CONFIG": {"hosts": ["redis://127.0.0.1:1/0"]}}
+    layer = build_layer("chat", entry)
+    assert isinstance(layer, RedisChannelLayer)
+    assert layer.alias == "chat"
+    assert layer.readiness_key == "channel layer 'chat'"
+    named = build_layer("chat", {**entry, "CONFIG": {**entry["CONFIG"], "alias": "rooms"}})
+    assert isinstance(named, RedisChannelLayer)
+    assert named.alias == "rooms"  # the option, when given, wins
+
+
+class ForeignLayer:
+    """Someone else's layer class with Channels' methods, whose ``alias`` may mean anything."""
+
+    def __init__(self, alias: str = "untouched") -> None:
+        self.alias = alias
+
+    async def send(self, channel: str, message: dict[str, Any]) -> None: ...
+    async def receive(self, channel: str) -> dict[str, Any]: ...
+    async def new_channel(self, prefix: str = "specific") -> str: ...
+    async def group_add(self, group: str, channel: str) -> None: ...
+    async def group_discard(self, group: str, channel: str) -> None: ...
+    async def group_send(self, group: str, message: dict[str, Any]) -> None: ...
+
+
+def test_build_layer_gives_no_alias_to_layers_without_the_option() -> None:
+    layer = build_layer("chat", {"BACKEND": f"{__name__}.ForeignLayer"})
+    assert isinstance(layer, ForeignLayer)
+    assert layer.alias == "untouched"  # not a roomcast layer: its options are its own
+    memory = build_layer("chat", {"BACKEND": MEMORY_BACKEND})  # takes no alias: built fine
+    assert isinstance(memory, InMemoryChannelLayer)
+
+
 def test_build_layer_tolerates_test_config_and_missing_config() -> None:
     layer = build_layer("default", {"BACKEND": MEMORY_BACKEND, "TEST_CONFIG": {"expiry": 1}})
     assert isinstance(layer, InMemoryChannelLayer)
@@ -533,6 +569,32 @@ def test_url_options_extracted_and_converted() -> None:
     assert type(config["max_message_size"]) is int
 
 
+def test_url_retry_and_liveness_timeouts_are_layer_options() -> None:
+    config = redis_config("redis://h:6379/0?retry_timeout=0.5&liveness_timeout=30&db=1")
+    assert config == {
+        "hosts": ["redis://h:6379/0?db=1"],
+        "retry_timeout": 0.5,
+        "liveness_timeout": 30.0,
+    }
+    assert type(config["liveness_timeout"]) is float
+    layer = build_layer("default", layer_config_from_url("redis://h?retry_timeout=0.5")["default"])
+    assert layer.retry_timeout == 0.5  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(
+    ("url", "fragment"),
+    [
+        ("redis://h?liveness_timeout=0.1", "liveness_timeout must be a number of seconds"),
+        ("redis://h?retry_timeout=7200", "retry_timeout must be a number of seconds between"),
+    ],
+)
+def test_url_timeouts_out_of_range_are_refused_naming_them(url: str, fragment: str) -> None:
+    with pytest.raises(LayerConfigError) as info:
+        build_layer("default", layer_config_from_url(url)["default"])
+    assert fragment in str(info.value)
+    assert "CHANNEL_LAYERS['default']['CONFIG']" in str(info.value)
+
+
 def test_url_other_params_stay_in_redis_url() -> None:
     config = redis_config(
         "rediss://u:p%40ss@h:6380/3?ssl_cert_reqs=none&capacity=5&socket_timeout=2.5#frag"
@@ -581,6 +643,8 @@ def test_url_option_given_twice() -> None:
         ("expiry=soon", "expiry='soon' must be a number"),
         ("expiry=nan", "expiry='nan' must be a number"),
         ("group_expiry=inf", "group_expiry='inf' must be a number"),
+        ("retry_timeout=soon", "retry_timeout='soon' must be a number"),
+        ("liveness_timeout=inf", "liveness_timeout='inf' must be a number"),
     ],
 )
 def test_url_bad_option_values(query: str, fragment: str) -> None:
@@ -614,6 +678,8 @@ def test_url_password_not_in_errors() -> None:
     [
         ("memory://,redis://h", "cannot be combined"),
         ("memory://?prefix=x", "'prefix' is an option of the Redis layer only"),
+        ("memory://?retry_timeout=1", "'retry_timeout' is an option of the Redis layer only"),
+        ("memory://?liveness_timeout=9", "'liveness_timeout' is an option of the Redis layer"),
         ("memory://somehost", "memory:// takes no host"),
         ("memory://?db=1", "memory:// takes no host"),
     ],
