@@ -5,16 +5,15 @@ In memory by default (one process). Point ``ROOMCAST_LAYER_URL`` at Redis
 
 Rooms keep their last ``CHAT_HISTORY_SIZE`` messages (default 500) for ``CHAT_HISTORY_TTL``
 seconds (default 3600), so a page that reconnects gets what it missed. In memory the history
-lives as long as the process; the Redis layer keeps history once the Redis half of issue 13
-lands (until then a Redis-backed chat has rooms without history: pages reconnect without
-resuming, as before).
+lives as long as the process; on Redis it survives a gateway's restart (and, with Redis's own
+persistence, Redis's).
 """
 
 from __future__ import annotations
 
 import os
 
-from roomcast.layers.settings import MEMORY_BACKEND, layer_config_from_url
+from roomcast.layers.settings import layer_config_from_url
 
 CHANNEL_LAYERS = layer_config_from_url(os.environ.get("ROOMCAST_LAYER_URL") or "memory://")
 # A busy room bursts: each member's channel must hold a burst while its consumer writes it out
@@ -27,8 +26,7 @@ ROOM_HISTORY = {
         "ttl": float(os.environ.get("CHAT_HISTORY_TTL") or 3600),
     }
 }
-if CHANNEL_LAYERS["default"]["BACKEND"] == MEMORY_BACKEND:  # Redis: issue 13's second half
-    CHANNEL_LAYERS["default"]["CONFIG"].setdefault("history", ROOM_HISTORY)
+CHANNEL_LAYERS["default"]["CONFIG"].setdefault("history", ROOM_HISTORY)
 
 # Origins allowed to open the chat's WebSocket (the page itself is served from these hosts).
 ALLOWED_HOSTS = [

@@ -2,9 +2,7 @@
 
 And resuming (issue 13): a page whose socket drops gets what was said meanwhile, once each; a
 page whose gateway is restarted mid-conversation (SIGTERM, close 1012/1001) loses no message,
-which needs a layer whose history outlives the gateway process: Redis (the gateways name
-``tests.e2e.chat_redis_history`` in ``ROOMCAST_SETTINGS``: the example's settings with the
-rooms' history on Redis too).
+which needs a layer whose history outlives the gateway process: Redis.
 
 Debian's headless Chromium (``/usr/bin/chromium``), driven by Playwright for Python through
 ``executable_path``: Playwright's own browser download is never used. The gateways run as the
@@ -235,7 +233,7 @@ def test_a_gateway_restart_mid_conversation_loses_nothing_on_the_page(
     # As compose runs them, with the rooms' history on the Redis layer (see that module).
     environment = {
         **gateway_environment(own_redis_server.url),
-        "ROOMCAST_SETTINGS": "tests.e2e.chat_redis_history",
+        "ROOMCAST_SETTINGS": "examples.chat.settings",
     }
     port_a, port_b = free_port(), free_port()
     said: list[str] = []

@@ -252,14 +252,13 @@ async def test_a_restart_on_the_in_memory_layer_is_told_not_recovered() -> None:
 
 # Resuming on the Redis layer (issue 13): two gateway processes, one history in Redis ----------
 #
-# The gateways name tests.e2e.chat_redis_history in ROOMCAST_SETTINGS: the example's settings
-# with its rooms' history on the Redis layer too (see that module).
+# The example's rooms keep history on whatever layer ROOMCAST_LAYER_URL names.
 
 
 def redis_env(server: RedisServer, **extra: str) -> dict[str, str]:
     return {
         "ROOMCAST_LAYER_URL": f"{server.url}?prefix=chat",
-        "ROOMCAST_SETTINGS": "tests.e2e.chat_redis_history",
+        "ROOMCAST_SETTINGS": "examples.chat.settings",
         **extra,
     }
 
