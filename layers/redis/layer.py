@@ -121,6 +121,7 @@ from ..exceptions import (
     UndecodableMessage,
 )
 from ..local import LocalChannels, LocalGroups, Payload, shareable, unpack
+from ..presence import PresenceConfig
 from ..serializers import DEFAULT_MAX_MESSAGE_SIZE, MessageCodec
 from . import resp, scripts, wire
 from .blocking import PlainReader
@@ -130,6 +131,7 @@ from .inbox import InboxReader
 from .link import RespLink
 from .liveness import Liveness
 from .pipeline import Pipeline
+from .presence import RedisPresence
 from .reconnect import LOST_CONNECTION, cancel_and_wait, logger
 from .sharding import shard_for
 from .subscriber import GroupSubscriber
@@ -175,8 +177,11 @@ class RedisChannelLayer(BaseChannelLayer):
     swept; default 15, between 0.5 and 3600) and ``alias`` (the name this layer
     reports its readiness under; ``CHANNEL_LAYERS``'s alias when built from settings, else
     ``prefix``). ``subscribe_timeout`` bounds how long ``group_add`` waits for Redis to confirm
-    a subscription (default: ``retry_timeout``).
+    a subscription (default: ``retry_timeout``). ``presence``: the groups that send presence
+    events (see :mod:`roomcast.layers.redis.presence`).
     """
+
+    extensions = [*BaseChannelLayer.extensions, "presence"]
 
     def __init__(
         self,
@@ -193,6 +198,7 @@ class RedisChannelLayer(BaseChannelLayer):
         retry_timeout: float = DEFAULT_RETRY_TIMEOUT,
         liveness_timeout: float = DEFAULT_LIVENESS_TIMEOUT,
         alias: str | None = None,
+        presence: PresenceConfig | None = None,
     ) -> None:
         super().__init__(
             expiry=expiry,
@@ -251,6 +257,8 @@ class RedisChannelLayer(BaseChannelLayer):
         # (group, channel) whose record removal waits for Redis, per shard
         self._unrecorded: dict[int, dict[tuple[str, str], None]] = {}
         self.last_group_receivers = 0  # processes the last group_send's PUBLISH reached
+        self.configure_presence(presence)
+        self._presence = RedisPresence(self)  # presence entries and events (issue 18)
 
     # Plumbing ----------------------------------------------------------------------------
 
@@ -343,6 +351,7 @@ class RedisChannelLayer(BaseChannelLayer):
                 pipelines=lambda: self._pipes,
                 on_absent=self._record_all,
                 on_beat=self._reconcile,
+                on_forgot=self._presence.sweep_process,
             )
             self._liveness.start()  # its first beat goes out before any other command
             liveness = self._liveness
@@ -565,9 +574,11 @@ class RedisChannelLayer(BaseChannelLayer):
                 self.hosts[shard].description,
                 f" ({failed} failed: retried at the next heartbeat)" if failed else "",
             )
+        await self._presence.record_all(shard)
 
     async def _reconcile(self, shard: int) -> None:
         """Remove the records whose discard had to wait for Redis."""
+        await self._presence.reconcile(shard)
         waiting = self._unrecorded.get(shard)
         if not waiting:
             return
@@ -851,6 +862,7 @@ class RedisChannelLayer(BaseChannelLayer):
             self._unsubscribe(group)
         self._groups.clear()
         self._unrecorded.clear()
+        self._presence.clear()
 
     async def check(self) -> None:
         """One connection attempt per host, bounded by its connect timeout.
@@ -889,6 +901,7 @@ class RedisChannelLayer(BaseChannelLayer):
             "unrecorded_discards": sum(len(waiting) for waiting in self._unrecorded.values()),
             "outages": self.health.outages,
             "swept_processes": self._liveness.swept if self._liveness is not None else 0,
+            **self._presence.stats(),
         }
 
     async def close(self) -> None:
@@ -898,6 +911,8 @@ class RedisChannelLayer(BaseChannelLayer):
                 return await self._on_home(self.close)
             except RuntimeError:  # the home loop is not running any more
                 pass
+        if self._pipes:
+            await self._presence.close()  # our entries go, and are announced, first
         if self._liveness is not None:
             await self._liveness.stop(unregister=True)  # gone: its records are ignored now
             self._liveness = None
@@ -921,6 +936,23 @@ class RedisChannelLayer(BaseChannelLayer):
         self._home_thread = None
         if self._health is not None:
             self._health.forget()
+
+    # Presence (issue 18; :mod:`roomcast.layers.redis.presence`) ----------------------------
+
+    async def _presence_add(self, group: str, channel: str, info: dict[str, Any]) -> None:
+        if not self._at_home():
+            return await self._on_home(lambda: self._presence_add(group, channel, info))
+        await self._presence.add(group, channel, info)
+
+    async def _presence_remove(self, group: str, channel: str) -> None:
+        if not self._at_home():
+            return await self._on_home(lambda: self._presence_remove(group, channel))
+        await self._presence.remove(group, channel)
+
+    async def _presence_read(self, group: str) -> dict[str, dict[str, Any]]:
+        if not self._at_home():
+            return await self._on_home(lambda: self._presence_read(group))
+        return await self._presence.read(group)
 
 
 def _packed(keys: list[str], args: list[Any]) -> tuple[int, bytes]:
