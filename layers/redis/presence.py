@@ -313,7 +313,8 @@ class RedisPresence:
         )
 
     async def reconcile(self, shard: int) -> None:
-        """Remove the records whose removal had to wait for Redis."""
+        """Remove the records whose removal had to wait for Redis (what is left when Redis
+        fails again waits for the next heartbeat; the membership reconciliation goes on)."""
         waiting = self._unrecorded.get(shard)
         if not waiting:
             return
@@ -322,13 +323,16 @@ class RedisPresence:
             if channel in self._own.get(group, {}):  # added again meanwhile
                 waiting.pop((group, channel), None)
                 continue
-            await layer._run(
-                scripts.PRESENCE_REMOVE,
-                shard,
-                [presence_key(layer.prefix, group)],
-                [channel],
-                retry=True,
-            )
+            try:
+                await layer._run(
+                    scripts.PRESENCE_REMOVE,
+                    shard,
+                    [presence_key(layer.prefix, group)],
+                    [channel],
+                    retry=True,
+                )
+            except LayerConnectionError:
+                return
             waiting.pop((group, channel), None)
 
     # Events ----------------------------------------------------------------------------------

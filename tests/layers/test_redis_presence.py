@@ -288,3 +288,33 @@ async def test_calls_from_another_event_loop_run_on_the_layers_own(
         return asyncio.run(work())
 
     assert await asyncio.to_thread(in_a_thread) == {channel: {"user": "t"}}
+
+
+async def test_a_remove_while_redis_is_down_is_not_undone_by_the_restart(
+    make: Callable[..., RedisChannelLayer], own_redis_server: RedisServer
+) -> None:
+    """Redis killed: the remove returns at once; when Redis is back the process writes back
+    what it still holds, and only that."""
+    layer = make(own_redis_server, retry_timeout=0.5, liveness_timeout=1)
+    staying, leaving = await layer.new_channel(), await layer.new_channel()
+    await layer.presence_add("room", staying, {"user": "stays"})
+    await layer.presence_add("room", leaving, {"user": "leaves"})
+    own_redis_server.kill()
+
+    async def disconnected() -> bool:
+        try:
+            await layer.presence("room")
+        except LayerConnectionError:
+            return True
+        return False
+
+    await eventually(disconnected)
+    await asyncio.wait_for(layer.presence_remove("room", leaving), TIMEOUT)  # no raise
+    assert layer.stats()["presence_entries"] == 1
+    own_redis_server.start()
+
+    async def only_staying() -> bool:
+        return await layer.presence("room") == {staying: {"user": "stays"}}
+
+    await eventually(only_staying)
+    assert layer.stats()["presence_unrecorded"] == 0
