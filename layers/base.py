@@ -161,8 +161,8 @@ class BaseChannelLayer:
             "{'size': N, 'ttl': seconds}",
             HistoryPolicy.from_config,
         )
-        self._history_policies: dict[str, HistoryPolicy | None] = {}
         self.configure_presence(presence)
+        self._history_policies: dict[str, HistoryPolicy | None] = {}
         self.counters = LayerCounters()
 
     def get_capacity(self, channel: str) -> int:

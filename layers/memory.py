@@ -243,23 +243,6 @@ class InMemoryChannelLayer(BaseChannelLayer):
     async def close(self) -> None:
         await self.flush()
 
-    # History (issue 13) -------------------------------------------------------------------
-
-    async def _read_history(
-        self,
-        group: str,
-        policy: HistoryPolicy,
-        since: StreamPosition | None,
-        limit: int | None,
-    ) -> HistoryResult:
-        position, entries = self._histories.read(group, policy, time.monotonic())
-        chosen, recovered = select_history(entries, position, since, limit)
-        messages = [self._codec.decode(payload) for payload in chosen]
-        return HistoryResult(messages, position, recovered)
-
-    async def _history_position(self, group: str, policy: HistoryPolicy) -> StreamPosition:
-        return self._histories.position(group, policy, time.monotonic())
-
     # Presence (issue 18) ------------------------------------------------------------------
 
     async def _presence_add(self, group: str, channel: str, info: dict[str, Any]) -> None:
@@ -279,3 +262,20 @@ class InMemoryChannelLayer(BaseChannelLayer):
             members = self._groups.members(group, now)
             item = shareable(payload, self._codec.decode, len(members))
             self.counters.dropped += self._channels.put_many(members, now + self.expiry, item, now)
+
+    # History (issue 13) -------------------------------------------------------------------
+
+    async def _read_history(
+        self,
+        group: str,
+        policy: HistoryPolicy,
+        since: StreamPosition | None,
+        limit: int | None,
+    ) -> HistoryResult:
+        position, entries = self._histories.read(group, policy, time.monotonic())
+        chosen, recovered = select_history(entries, position, since, limit)
+        messages = [self._codec.decode(payload) for payload in chosen]
+        return HistoryResult(messages, position, recovered)
+
+    async def _history_position(self, group: str, policy: HistoryPolicy) -> StreamPosition:
+        return self._histories.position(group, policy, time.monotonic())
