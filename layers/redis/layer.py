@@ -40,6 +40,10 @@ ends (its duration and the calls that failed), and reported to :mod:`roomcast.re
 attempt per host and raises if one cannot be reached (the connection is then retried in the
 background until it succeeds, which reports the process ready).
 
+Presence (``presence_add``, ``presence()``; the ``presence`` option for join/leave events):
+entries on the group's hash tag, kept alive by the heartbeat below, swept and announced when
+it lapses (:mod:`~roomcast.layers.redis.presence`).
+
 Membership and liveness: ``group_discard`` of a channel of this process removes the local
 membership first, whatever Redis says; if Redis cannot be reached the record's removal waits
 and is made once it can (reconciled from local state). Each process heartbeats
@@ -177,8 +181,7 @@ class RedisChannelLayer(BaseChannelLayer):
     swept; default 15, between 0.5 and 3600) and ``alias`` (the name this layer
     reports its readiness under; ``CHANNEL_LAYERS``'s alias when built from settings, else
     ``prefix``). ``subscribe_timeout`` bounds how long ``group_add`` waits for Redis to confirm
-    a subscription (default: ``retry_timeout``). ``presence``: the groups that send presence
-    events (see :mod:`roomcast.layers.redis.presence`).
+    a subscription (default: ``retry_timeout``).
     """
 
     extensions = [*BaseChannelLayer.extensions, "presence"]
@@ -197,8 +200,8 @@ class RedisChannelLayer(BaseChannelLayer):
         subscribe_timeout: float | None = None,
         retry_timeout: float = DEFAULT_RETRY_TIMEOUT,
         liveness_timeout: float = DEFAULT_LIVENESS_TIMEOUT,
-        alias: str | None = None,
         presence: PresenceConfig | None = None,
+        alias: str | None = None,
     ) -> None:
         super().__init__(
             expiry=expiry,
@@ -252,13 +255,13 @@ class RedisChannelLayer(BaseChannelLayer):
         self._plain: dict[int, PlainReader] = {}
         self._liveness: Liveness | None = None
         self._health: Health | None = None
+        self.configure_presence(presence)
+        self._presence = RedisPresence(self)  # presence entries and events (issue 18)
         self._background: set[asyncio.Task[None]] = set()
         self._receivable: set[str] = set()  # local names receive() has checked (bounded)
         # (group, channel) whose record removal waits for Redis, per shard
         self._unrecorded: dict[int, dict[tuple[str, str], None]] = {}
         self.last_group_receivers = 0  # processes the last group_send's PUBLISH reached
-        self.configure_presence(presence)
-        self._presence = RedisPresence(self)  # presence entries and events (issue 18)
 
     # Plumbing ----------------------------------------------------------------------------
 
@@ -898,10 +901,10 @@ class RedisChannelLayer(BaseChannelLayer):
             "local_memberships": self._groups.count(),
             "local_channels": len(self._local),
             "queued_calls": sum(pipe.queued for pipe in self._pipes),
+            **self._presence.stats(),
             "unrecorded_discards": sum(len(waiting) for waiting in self._unrecorded.values()),
             "outages": self.health.outages,
             "swept_processes": self._liveness.swept if self._liveness is not None else 0,
-            **self._presence.stats(),
         }
 
     async def close(self) -> None:
