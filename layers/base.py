@@ -30,6 +30,14 @@ Semantics that every backend keeps (tested for each in ``tests/layers/test_contr
   them back (see :mod:`roomcast.layers.history` and ``docs/history.md``). Whether a group has
   history is decided once per group name and remembered: groups without it cost what they
   cost without the option.
+* **Presence** (backends listing ``"presence"`` in ``extensions``; both of ours do):
+  ``presence_add(group, channel, info)``, ``presence_remove(group, channel)``,
+  ``presence(group)`` and ``presence_stats(group)`` keep who is in a group, cluster-wide on a
+  shared backend; groups matching a pattern of ``presence`` (``{"chat_*": {"interval": 0.5}}``)
+  also send their members coalesced ``presence.join``/``presence.leave`` messages (see
+  :mod:`roomcast.layers.presence` and ``docs/presence.md``). The base class validates the
+  arguments and answers ``presence_stats``; a backend without presence raises
+  ``NotImplementedError`` naming itself: presence cannot be faked on top of the other calls.
 """
 
 from __future__ import annotations
@@ -46,6 +54,7 @@ from roomcast import metrics
 from .exceptions import HistoryNotEnabled, InvalidChannelName, InvalidGroupName, LayerConfigError
 from .history import HistoryPolicy, HistoryResult, StreamPosition, check_limit, check_since
 from .metrics import LayerMetrics
+from .presence import PresenceConfig, PresencePolicy, PresenceStats, check_info, stats_of
 from .serializers import DEFAULT_MAX_MESSAGE_SIZE
 
 V = TypeVar("V")
@@ -136,6 +145,7 @@ class BaseChannelLayer:
         channel_capacity: Mapping[str | re.Pattern[str], int] | None = None,
         max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
         history: HistoryConfig | None = None,
+        presence: PresenceConfig | None = None,
     ) -> None:
         _check_positive("expiry", expiry, allow_float=True)
         _check_positive("group_expiry", group_expiry, allow_float=True)
@@ -154,6 +164,7 @@ class BaseChannelLayer:
             "{'size': N, 'ttl': seconds}",
             HistoryPolicy.from_config,
         )
+        self.configure_presence(presence)
         self._history_policies: dict[str, HistoryPolicy | None] = {}
         self.counters = LayerCounters()
         metrics.register(LayerMetrics(self), owner=self)  # read at scrape time (roomcast.metrics)
@@ -226,6 +237,73 @@ class BaseChannelLayer:
     async def _history_position(self, group: str, policy: HistoryPolicy) -> StreamPosition:
         """Filled in by backends that keep history (arguments already checked)."""
         raise NotImplementedError
+
+    # Presence (issue 18) -----------------------------------------------------------------
+
+    def configure_presence(self, presence: PresenceConfig | None) -> None:
+        """Take ``CONFIG["presence"]``: group-name pattern -> ``{"interval": seconds}``."""
+        self.presence_patterns = compile_patterns(
+            "presence",
+            {} if presence is None else presence,
+            "{'interval': seconds}",
+            PresencePolicy.from_config,
+        )
+        self._presence_policies: dict[str, PresencePolicy | None] = {}
+
+    def presence_policy(self, group: str) -> PresencePolicy | None:
+        """Whether ``group`` sends presence events, and how often: the first matching
+        ``presence`` pattern's policy, else None (decided once per name, as history is)."""
+        policies = self._presence_policies
+        try:
+            return policies[group]
+        except KeyError:
+            pass
+        policy = first_match(self.presence_patterns, group) if self.presence_patterns else None
+        if len(policies) >= HISTORY_CACHE:
+            policies.clear()
+        policies[group] = policy
+        return policy
+
+    async def presence_add(self, group: str, channel: str, info: dict[str, Any]) -> None:
+        """Say that ``channel`` is in ``group`` with ``info`` (replacing its earlier info).
+
+        Raises :class:`InvalidGroupName`/:class:`InvalidChannelName` for bad names,
+        :class:`~roomcast.layers.presence.InvalidPresenceInfo` when ``info`` is not a dict of
+        str keys and msgpack-encodable values, and
+        :class:`~roomcast.layers.presence.PresenceInfoTooLarge` over
+        :data:`~roomcast.layers.presence.MAX_INFO_SIZE` bytes; nothing is written then.
+        """
+        self.require_valid_group_name(group)
+        self.require_valid_channel_name(channel)
+        kept, _ = check_info(info)
+        await self._presence_add(group, channel, kept)
+
+    async def presence_remove(self, group: str, channel: str) -> None:
+        """Say that ``channel`` left ``group``; a channel that was not there is a no-op."""
+        self.require_valid_group_name(group)
+        self.require_valid_channel_name(channel)
+        await self._presence_remove(group, channel)
+
+    async def presence(self, group: str) -> dict[str, dict[str, Any]]:
+        """``{channel: info}`` of every live entry of ``group``; each call gets its own copy."""
+        self.require_valid_group_name(group)
+        return await self._presence_read(group)
+
+    async def presence_stats(self, group: str) -> PresenceStats:
+        """How many connections are in ``group``, and how many distinct users (the
+        :data:`~roomcast.layers.presence.USER_KEY` of their info)."""
+        return stats_of(await self.presence(group))
+
+    async def _presence_add(self, group: str, channel: str, info: dict[str, Any]) -> None:
+        """Filled in by backends with presence (arguments already checked; ``info`` is the
+        layer's own copy)."""
+        raise NotImplementedError(f"{type(self).__name__} keeps no presence")
+
+    async def _presence_remove(self, group: str, channel: str) -> None:
+        raise NotImplementedError(f"{type(self).__name__} keeps no presence")
+
+    async def _presence_read(self, group: str) -> dict[str, dict[str, Any]]:
+        raise NotImplementedError(f"{type(self).__name__} keeps no presence")
 
     # Name rules -------------------------------------------------------------------------
 

@@ -24,6 +24,10 @@ messages are kept here (:mod:`roomcast.layers.memory_history`), already stamped 
 position, so a member and ``group_history`` see the very same bytes. Epochs are random per
 group record, so a new process (or a ``flush()``) starts new epochs and old positions resume
 with ``recovered=False``.
+
+Presence (:mod:`roomcast.layers.presence`): entries live in this process
+(:mod:`roomcast.layers.memory_presence`); events reach the group's members like a
+``group_send`` that skips the history.
 """
 
 from __future__ import annotations
@@ -39,6 +43,8 @@ from .exceptions import ChannelFull
 from .history import HistoryPolicy, HistoryResult, StreamPosition, select_history
 from .local import LocalChannels, LocalGroups, shareable, unpack
 from .memory_history import MemoryHistories
+from .memory_presence import MemoryPresence
+from .presence import PresenceConfig
 from .serializers import DEFAULT_MAX_MESSAGE_SIZE, MessageCodec
 
 RECEIVABLE_CACHE = 65536  # channel names whose check receive() remembers, at most
@@ -133,7 +139,7 @@ class _GroupsView(Mapping[str, dict[str, float]]):
 class InMemoryChannelLayer(BaseChannelLayer):
     """A channel layer inside one process. ``CONFIG`` takes the options of the base class."""
 
-    extensions: ClassVar[list[str]] = ["groups", "flush", "history"]
+    extensions: ClassVar[list[str]] = ["groups", "flush", "history", "presence"]
 
     def __init__(
         self,
@@ -144,6 +150,7 @@ class InMemoryChannelLayer(BaseChannelLayer):
         channel_capacity: Mapping[str | re.Pattern[str], int] | None = None,
         max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
         history: HistoryConfig | None = None,
+        presence: PresenceConfig | None = None,
     ) -> None:
         super().__init__(
             expiry=expiry,
@@ -152,12 +159,16 @@ class InMemoryChannelLayer(BaseChannelLayer):
             channel_capacity=channel_capacity,
             max_message_size=max_message_size,
             history=history,
+            presence=presence,
         )
         self._codec = MessageCodec(max_message_size=max_message_size)
         self._channels = LocalChannels(self.get_capacity, self.counters)
         self._groups = LocalGroups(self.group_expiry)
         self._receivable: set[str] = set()  # names receive() has checked (a bounded cache)
         self._histories = MemoryHistories(self.group_expiry)
+        self._presence = MemoryPresence(
+            self.presence_policy, self._deliver_presence, max_message_size
+        )
 
     @property
     def channels(self) -> Mapping[str, BufferedMessages]:
@@ -227,9 +238,30 @@ class InMemoryChannelLayer(BaseChannelLayer):
         self._channels.clear()
         self._groups.clear()
         self._histories.clear()
+        self._presence.clear()
 
     async def close(self) -> None:
         await self.flush()
+
+    # Presence (issue 18) ------------------------------------------------------------------
+
+    async def _presence_add(self, group: str, channel: str, info: dict[str, Any]) -> None:
+        self._presence.add(group, channel, info)
+
+    async def _presence_remove(self, group: str, channel: str) -> None:
+        self._presence.remove(group, channel)
+
+    async def _presence_read(self, group: str) -> dict[str, dict[str, Any]]:
+        return self._presence.read(group)
+
+    async def _deliver_presence(self, group: str, messages: list[dict[str, Any]]) -> None:
+        """Hand presence events to ``group``'s members: a group_send without history."""
+        for message in messages:
+            payload = self._codec.encode(message)
+            now = time.monotonic()
+            members = self._groups.members(group, now)
+            item = shareable(payload, self._codec.decode, len(members))
+            self.counters.dropped += self._channels.put_many(members, now + self.expiry, item, now)
 
     # History (issue 13) -------------------------------------------------------------------
 

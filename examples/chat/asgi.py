@@ -1,8 +1,10 @@
 """The chat example's ASGI application: ``roomcast serve examples.chat.asgi:application``.
 
-HTTP: the chat page at ``/`` and a health check at ``/healthz`` (used by the Docker
-HEALTHCHECK, the compose healthcheck and the deployment tests). WebSocket: the rooms at
-``/ws/chat/<room>/``.
+HTTP: the chat page at ``/`` (one self-contained file: no CDN, works offline) and a health
+check at ``/healthz`` (used by the Docker HEALTHCHECK, the compose healthcheck and the
+deployment tests). WebSocket: the rooms at ``/ws/chat/<room>/``; every room name reaches the
+consumer, which refuses an invalid one with a close code and a reason the page can show (see
+:mod:`examples.chat.consumers` for the protocol).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from typing import Any
 os.environ.setdefault("ROOMCAST_SETTINGS", "examples.chat.settings")
 
 from roomcast.consumers.middleware import Receive, Scope, Send
-from roomcast.consumers.routing import ProtocolTypeRouter, URLRouter, path
+from roomcast.consumers.routing import ProtocolTypeRouter, URLRouter, re_path
 from roomcast.consumers.security import AllowedHostsOriginValidator
 from roomcast.layers import LayerError, get_channel_layer
 
@@ -74,6 +76,7 @@ async def http_app(scope: Scope, receive: Receive, send: Send) -> None:
     extra: list[tuple[bytes, bytes]] = []
     if scope["path"] in ("/", "/index.html"):
         status, body, kind = 200, PAGE, b"text/html; charset=utf-8"
+        extra.append((b"cache-control", b"no-cache"))
     elif scope["path"] == HEALTH_PATH:
         status, report = await layer_health()
         body, kind = json.dumps(report).encode() + b"\n", b"application/json"
@@ -98,7 +101,7 @@ application = ProtocolTypeRouter(
     {
         "http": http_app,
         "websocket": AllowedHostsOriginValidator(
-            URLRouter([path("ws/chat/<str:room>/", ChatConsumer.as_asgi())]),
+            URLRouter([re_path(r"^ws/chat/(?P<room>.*)/$", ChatConsumer.as_asgi())]),
             allowed_hosts=settings.ALLOWED_HOSTS,
         ),
     }

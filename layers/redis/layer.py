@@ -44,6 +44,10 @@ ends (its duration and the calls that failed), and reported to :mod:`roomcast.re
 attempt per host and raises if one cannot be reached (the connection is then retried in the
 background until it succeeds, which reports the process ready).
 
+Presence (``presence_add``, ``presence()``; the ``presence`` option for join/leave events):
+entries on the group's hash tag, kept alive by the heartbeat below, swept and announced when
+it lapses (:mod:`~roomcast.layers.redis.presence`).
+
 Membership and liveness: ``group_discard`` of a channel of this process removes the local
 membership first, whatever Redis says; if Redis cannot be reached the record's removal waits
 and is made once it can (reconciled from local state). Each process heartbeats
@@ -169,6 +173,7 @@ from ..exceptions import (
 )
 from ..history import HistoryPolicy, HistoryResult, StreamPosition, stamp, stamp_payload
 from ..local import LocalChannels, LocalGroups, Payload, shareable, unpack
+from ..presence import PresenceConfig
 from ..serializers import DEFAULT_MAX_MESSAGE_SIZE, MessageCodec
 from . import resp, scripts, wire
 from .blocking import PlainReader
@@ -180,6 +185,7 @@ from .inbox import InboxReader
 from .link import RespLink
 from .liveness import Liveness
 from .pipeline import Pipeline
+from .presence import RedisPresence
 from .reconnect import LOST_CONNECTION, cancel_and_wait, logger
 from .sharding import shard_for
 from .subscriber import GroupSubscriber
@@ -230,7 +236,7 @@ class RedisChannelLayer(BaseChannelLayer):
     :mod:`~roomcast.layers.redis.healing`).
     """
 
-    extensions: ClassVar[list[str]] = ["groups", "flush", "history"]
+    extensions: ClassVar[list[str]] = [*BaseChannelLayer.extensions, "history", "presence"]
 
     def __init__(
         self,
@@ -246,6 +252,7 @@ class RedisChannelLayer(BaseChannelLayer):
         subscribe_timeout: float | None = None,
         retry_timeout: float = DEFAULT_RETRY_TIMEOUT,
         liveness_timeout: float = DEFAULT_LIVENESS_TIMEOUT,
+        presence: PresenceConfig | None = None,
         alias: str | None = None,
         history: HistoryConfig | None = None,
     ) -> None:
@@ -302,6 +309,8 @@ class RedisChannelLayer(BaseChannelLayer):
         self._plain: dict[int, PlainReader] = {}
         self._liveness: Liveness | None = None
         self._health: Health | None = None
+        self.configure_presence(presence)
+        self._presence = RedisPresence(self)  # presence entries and events (issue 18)
         self._background: set[asyncio.Task[None]] = set()
         self._receivable: set[str] = set()  # local names receive() has checked (bounded)
         # (group, channel) whose record removal waits for Redis, per shard
@@ -419,6 +428,7 @@ class RedisChannelLayer(BaseChannelLayer):
                 pipelines=lambda: self._pipes,
                 on_absent=self._record_all,
                 on_beat=self._reconcile,
+                on_forgot=self._presence.sweep_process,
             )
             self._liveness.start()  # its first beat goes out before any other command
             liveness = self._liveness
@@ -700,9 +710,11 @@ class RedisChannelLayer(BaseChannelLayer):
                 self.hosts[shard].description,
                 f" ({failed} failed: retried at the next heartbeat)" if failed else "",
             )
+        await self._presence.record_all(shard)
 
     async def _reconcile(self, shard: int) -> None:
         """Remove the records whose discard had to wait for Redis."""
+        await self._presence.reconcile(shard)
         waiting = self._unrecorded.get(shard)
         if not waiting:
             return
@@ -997,6 +1009,7 @@ class RedisChannelLayer(BaseChannelLayer):
             self._unsubscribe(group)
         self._groups.clear()
         self._unrecorded.clear()
+        self._presence.clear()
 
     async def check(self) -> None:
         """One connection attempt per host, bounded by its connect timeout.
@@ -1032,6 +1045,7 @@ class RedisChannelLayer(BaseChannelLayer):
             "local_memberships": self._groups.count(),
             "local_channels": len(self._local),
             "queued_calls": sum(pipe.queued for pipe in self._pipes),
+            **self._presence.stats(),
             "unrecorded_discards": sum(len(waiting) for waiting in self._unrecorded.values()),
             "outages": self.health.outages,
             "swept_processes": self._liveness.swept if self._liveness is not None else 0,
@@ -1063,6 +1077,8 @@ class RedisChannelLayer(BaseChannelLayer):
                 return await self._on_home(self.close)
             except RuntimeError:  # the home loop is not running any more
                 pass
+        if self._pipes:
+            await self._presence.close()  # our entries go, and are announced, first
         if self._liveness is not None:
             await self._liveness.stop(unregister=True)  # gone: its records are ignored now
             self._liveness = None
@@ -1086,6 +1102,23 @@ class RedisChannelLayer(BaseChannelLayer):
         self._home_thread = None
         if self._health is not None:
             self._health.forget()
+
+    # Presence (issue 18; :mod:`roomcast.layers.redis.presence`) ----------------------------
+
+    async def _presence_add(self, group: str, channel: str, info: dict[str, Any]) -> None:
+        if not self._at_home():
+            return await self._on_home(lambda: self._presence_add(group, channel, info))
+        await self._presence.add(group, channel, info)
+
+    async def _presence_remove(self, group: str, channel: str) -> None:
+        if not self._at_home():
+            return await self._on_home(lambda: self._presence_remove(group, channel))
+        await self._presence.remove(group, channel)
+
+    async def _presence_read(self, group: str) -> dict[str, dict[str, Any]]:
+        if not self._at_home():
+            return await self._on_home(lambda: self._presence_read(group))
+        return await self._presence.read(group)
 
 
 def _packed(keys: list[str], args: list[Any]) -> tuple[int, bytes]:

@@ -8,7 +8,8 @@ process). A process whose last beat is older than ``liveness_timeout`` is gone:
   live, at once, without waiting for the sweep;
 * **it is swept**: with each heartbeat a live process looks for processes whose beat lapsed;
   the first to remove one from ``procs`` (atomically, ``FORGET_PROCESS``) removes its records
-  from every group of that host listed in its ``pg{<process>}`` set, and its inbox.
+  from every group of that host listed in its ``pg{<process>}`` set, and its inbox (and,
+  through ``on_forgot``, its presence entries: :mod:`roomcast.layers.redis.presence`).
 
 So the members of a gateway killed with SIGKILL vanish from ``group_members()`` within
 ``liveness_timeout`` (15 s by default) and from Redis within about ``liveness_timeout`` plus a
@@ -48,6 +49,7 @@ class Liveness:
         pipelines: Callable[[], Sequence[Pipeline]],
         on_absent: Callable[[int], Awaitable[None]],
         on_beat: Callable[[int], Awaitable[None]],
+        on_forgot: Callable[[Pipeline, str], Awaitable[None]] | None = None,
     ) -> None:
         self.prefix = prefix
         self.process_id = process_id
@@ -57,6 +59,7 @@ class Liveness:
         self._pipelines = pipelines
         self._on_absent = on_absent  # re-record this host's memberships
         self._on_beat = on_beat  # a beat went through: reconcile what waited for Redis
+        self._on_forgot = on_forgot  # a lapsed process was forgotten: sweep its presence too
         self._task: asyncio.Task[None] | None = None
         self._beating: set[int] = set()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -143,6 +146,8 @@ class Liveness:
             )
             if forgot:
                 await self._sweep_process(pipeline, process)
+                if self._on_forgot is not None:
+                    await self._on_forgot(pipeline, process)
 
     async def _sweep_process(self, pipeline: Pipeline, process: str) -> None:
         groups_key = wire.process_groups_key(self.prefix, process)

@@ -126,3 +126,44 @@ end
 return 0
 """
 )
+
+# Presence (issue 18; see presence.py). Remove one entry, returning what it held (nil if none).
+# KEYS: presence hash. ARGV: channel.
+PRESENCE_REMOVE = Script(
+    """
+local value = redis.call('HGET', KEYS[1], ARGV[1])
+if value then
+  redis.call('HDEL', KEYS[1], ARGV[1])
+end
+return value
+"""
+)
+
+# Remove the presence entries of processes that are gone. KEYS: presence hash, processes zset.
+# ARGV: process ids. Entries of a process that is in the zset again (it came back) are kept.
+# Returns the removed entries as a flat list: channel, value, channel, value, ...
+PRESENCE_SWEEP = Script(
+    """
+local gone = {}
+local any = false
+for i = 1, #ARGV do
+  if not redis.call('ZSCORE', KEYS[2], ARGV[i]) then
+    gone[ARGV[i]] = true
+    any = true
+  end
+end
+local removed = {}
+if not any then
+  return removed
+end
+local all = redis.call('HGETALL', KEYS[1])
+for i = 1, #all, 2 do
+  if gone[string.sub(all[i + 1], 1, 16)] then
+    redis.call('HDEL', KEYS[1], all[i])
+    removed[#removed + 1] = all[i]
+    removed[#removed + 1] = all[i + 1]
+  end
+end
+return removed
+"""
+)

@@ -9,6 +9,11 @@ Resuming (issue 13): rooms keep history, and a client that comes back with
 duplicate even while the room keeps talking during the replay; a position older than the
 history, forged or from before a restart gets ``recovered: false`` and the current history;
 a malformed one is closed with 1008.
+
+A chat, not only a relay (issue 18): messages carry their sender's name and the server's time,
+and say whether they are the receiver's own; a page that asks (``?presence=1``) gets who is in
+the room, from every gateway; a first connection gets the room's last messages; an invalid
+room or name is accepted and then closed with 4400 and a reason, with one line in the log.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
+import time
 from collections.abc import Iterator
 from typing import Any
 from urllib.parse import quote
@@ -37,11 +43,17 @@ def start_gateway(port: int, env: dict[str, str] | None = None) -> GatewayProces
     return gateway
 
 
-def join(port: int, room: str, since: str | None = None) -> websockets.asyncio.client.connect:
-    """A client of ``room``; with ``since`` (a position, or "" for none yet) it resumes."""
-    query = "" if since is None else f"?since={quote(since)}"
+def join(
+    port: int, room: str, since: str | None = None, **params: str
+) -> websockets.asyncio.client.connect:
+    """A client of ``room``; with ``since`` (a position, or "" for none yet) it resumes;
+    ``params`` are more query parameters (``name``, ``client``, ``presence``)."""
+    if since is not None:
+        params["since"] = since
+    query = "?" + "&".join(f"{key}={quote(value)}" for key, value in params.items())
     return websockets.connect(
-        f"ws://127.0.0.1:{port}/ws/chat/{room}/{query}", origin=f"http://127.0.0.1:{port}"
+        f"ws://127.0.0.1:{port}/ws/chat/{room}/{query if params else ''}",
+        origin=f"http://127.0.0.1:{port}",
     )
 
 
@@ -105,7 +117,7 @@ async def test_page_and_room_on_the_in_memory_layer(memory_gateway: int) -> None
         assert await heard(alice) == "still here"
 
 
-async def test_bad_origin_and_bad_room_are_refused(memory_gateway: int) -> None:
+async def test_a_bad_origin_is_refused_at_the_handshake(memory_gateway: int) -> None:
     port = memory_gateway
     with pytest.raises(websockets.InvalidStatus) as refused:
         async with websockets.connect(
@@ -113,10 +125,136 @@ async def test_bad_origin_and_bad_room_are_refused(memory_gateway: int) -> None:
         ):
             pass
     assert refused.value.response.status_code == 403
-    with pytest.raises(websockets.InvalidStatus) as bad_room:
-        async with join(port, "no%20spaces"):
-            pass
-    assert bad_room.value.response.status_code == 403
+
+
+async def closed_by_server(client: ClientConnection) -> tuple[int, str]:
+    with pytest.raises(websockets.ConnectionClosed) as closed:
+        await asyncio.wait_for(client.recv(), 5)
+    assert closed.value.rcvd is not None
+    return closed.value.rcvd.code, closed.value.rcvd.reason
+
+
+@pytest.mark.parametrize(
+    ("room", "params", "says"),
+    [
+        ("no%20spaces", {}, "invalid room name 'no spaces': use 1 to 50 letters"),
+        ("a/b", {}, "invalid room name 'a/b'"),
+        ("x" * 51, {}, "invalid room name"),
+        ("lobby", {"name": "   "}, "invalid name: it is empty"),
+        ("lobby", {"name": "n" * 41}, "invalid name: 41 characters, the limit is 40"),
+        ("lobby", {"name": "bell\x07"}, "invalid name: it holds control characters"),
+        ("lobby", {"client": "short"}, "invalid client id"),
+    ],
+)
+async def test_an_invalid_room_or_name_is_closed_4400_with_a_reason_and_one_log_line(
+    room: str, params: dict[str, str], says: str
+) -> None:
+    """Accepted, then closed: a browser sees the code and the reason (a refused handshake
+    would show it nothing but 1006, and the page would retry forever)."""
+    port = free_port()
+    with start_gateway(port, env={"ROOMCAST_LAYER_URL": ""}) as gateway:
+        async with join(port, room, **params) as client:
+            code, reason = await closed_by_server(client)
+        assert code == 4400
+        assert reason.startswith(says), reason
+        async with join(port, "lobby") as fine:  # the server is no worse for it
+            await say(fine, "still fine")
+            assert await heard(fine) == "still fine"
+        logged = [line for line in gateway.stderr.splitlines() if "refused a chat" in line]
+        assert len(logged) == 1, gateway.stderr
+        assert says.split(":")[0] in logged[0]
+        assert "closing with 4400" in logged[0]
+        assert "Traceback" not in gateway.stderr
+
+
+async def test_messages_carry_their_sender_time_and_whose_they_are(memory_gateway: int) -> None:
+    port = memory_gateway
+    tabs = {"client": "alice-browser-1"}
+    async with (
+        join(port, "named", name="Alice", **tabs) as alice,
+        join(port, "named", name="Alice", **tabs) as alice_again,  # another tab, same browser
+        join(port, "named", name="  Bob   the  Builder ") as bob,
+    ):
+        before = time.time() * 1000
+        await say(alice, "hello")
+        frames = [await frame(client) for client in (alice, alice_again, bob)]
+        after = time.time() * 1000
+        for received in frames:
+            assert received["type"] == "message"
+            assert (received["message"], received["name"]) == ("hello", "Alice")
+            assert before - 1000 <= received["time"] <= after + 1000  # the server's clock, in ms
+        assert [received["mine"] for received in frames] == [True, True, False]
+        assert frames[0]["user"] == frames[2]["user"] != ""
+        await say(bob, "hi")
+        assert (await frame(bob))["name"] == "Bob the Builder"  # whitespace tidied
+        assert (await frame(alice))["mine"] is False
+        await heard(alice_again)
+
+
+async def test_a_newcomer_gets_the_rooms_last_messages() -> None:
+    port = free_port()
+    with start_gateway(port, env={"ROOMCAST_LAYER_URL": "", "CHAT_RECENT": "5"}):
+        async with join(port, "recent") as bob:
+            for n in range(8):
+                await say(bob, f"m{n}")
+            assert [await heard(bob) for _ in range(8)][-1] == "m7"
+            async with join(port, "recent", since="") as alice:
+                first = await report(alice)
+                assert (first["recovered"], first["replayed"]) == (True, 5)
+                assert [await heard(alice) for _ in range(5)] == [f"m{n}" for n in range(3, 8)]
+                await say(bob, "live")
+                assert await heard(alice) == "live"
+
+
+async def presence_frame(client: ClientConnection) -> dict[str, Any]:
+    """The next presence frame (chat messages on the way are passed over)."""
+    while True:
+        data = await frame(client)
+        if data["type"] != "message":
+            assert data["type"].startswith("presence."), data
+            return data
+
+
+async def members_until(
+    client: ClientConnection, members: dict[str, Any], done: Any
+) -> dict[str, Any]:
+    """Apply presence frames to ``members`` until ``done(members)``."""
+    while not done(members):
+        data = await presence_frame(client)
+        if data["type"] == "presence.state":
+            members = dict(data["members"])
+        elif data["type"] == "presence.join":
+            members.update(data["members"])
+        else:
+            for key in data["members"]:
+                members.pop(key, None)
+    return members
+
+
+def names(members: dict[str, Any]) -> list[str]:
+    return sorted(info["name"] for info in members.values())
+
+
+async def test_presence_across_two_gateways(own_redis_server: RedisServer) -> None:
+    env = {"ROOMCAST_LAYER_URL": f"{own_redis_server.url}?prefix=chat"}
+    ports = free_port(), free_port()
+    with start_gateway(ports[0], env), start_gateway(ports[1], env):
+        async with join(ports[0], "who", name="Alice", presence="1") as alice:
+            state = await presence_frame(alice)
+            assert state["type"] == "presence.state"
+            assert names(state["members"]) == ["Alice"]
+            assert state["members"][state["you"]]["name"] == "Alice"
+            async with join(ports[1], "who", name="Bob", presence="1") as bob:
+                bobs = await members_until(bob, {}, lambda m: names(m) == ["Alice", "Bob"])
+                alices = await members_until(
+                    alice, state["members"], lambda m: names(m) == ["Alice", "Bob"]
+                )
+                assert set(alices) == set(bobs)  # the same keys, seen from either gateway
+                async with join(ports[1], "who") as quiet:  # did not ask: no presence frames
+                    await say(quiet, "hello")
+                    assert (await frame(quiet))["message"] == "hello"
+                    assert (await frame(bob))["type"] in ("message", "presence.join")
+            await members_until(alice, alices, lambda m: names(m) == ["Alice"])
 
 
 async def test_two_gateways_share_rooms_through_redis(own_redis_server: RedisServer) -> None:

@@ -482,7 +482,7 @@ def test_unknown_config_option() -> None:
     assert str(info.value) == (
         "CHANNEL_LAYERS['default']['CONFIG']: unknown option 'capasity' for "
         "roomcast.layers.memory.InMemoryChannelLayer (accepted: capacity, channel_capacity, "
-        "expiry, group_expiry, history, max_message_size); did you mean 'capacity'?"
+        "expiry, group_expiry, history, max_message_size, presence); did you mean 'capacity'?"
     )
 
 
